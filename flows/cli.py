@@ -1,0 +1,65 @@
+"""Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
+
+Bad input ends with one line ``error: …`` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from tasks.errors import QuantbenchError
+from tasks.models import VARIANTS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantbench", description="What does LiteRT quantization do to my object detector?")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="benchmark a detector's variants on a COCO dataset (default: the embedded demo)")
+    run.add_argument("--model", help="TensorFlow SavedModel directory (TF OD API serving signature)")
+    run.add_argument("--annotations", help="COCO instances JSON (path or s3:// URL)")
+    run.add_argument("--images", help="image folder (path or s3:// prefix)")
+    run.add_argument("--variants", nargs="+", choices=VARIANTS, help=f"default: {' '.join(VARIANTS)}")
+    run.add_argument("--shard-size", type=int, help="images per inference task (default 50)")
+    run.add_argument("--workers", type=int, help="inference tasks in parallel (default 2)")
+    run.add_argument("--threads", type=int, help="CPU threads per interpreter (default 1)")
+    run.add_argument("--limit", type=int, help="only the first N images by id")
+    run.add_argument("--store", help="results store: folder, file:///path or s3://bucket/prefix (default ./quantbench-results)")
+    run.add_argument("--latency-images", type=int, help="timed invocations per variant (default 50)")
+    run.add_argument("--min-score", type=float, help="drop detections below this score (default 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        from flows.benchmark import BenchmarkConfig, benchmark, validate
+
+        config = BenchmarkConfig(**options)
+        validate(config)
+        url = benchmark(config)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        print(f"error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
+        return 2
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(_table(url))
+    print(f"report: {url}")
+    return 0
+
+
+def _table(report_url: str) -> str:
+    from tasks.report import format_table, report_table
+    from tasks.store import split_url
+
+    store, key = split_url(report_url)
+    return format_table(report_table(store.read_json(key)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Report: one row per variant — size, latency, COCO bbox mAP, deltas vs float32 — written to the
+store as ``report.json`` / ``report.csv`` / ``report.md`` and published as a Prefect table artifact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.gather import GatheredVariant
+from tasks.models import VARIANTS, ModelArtifact
+from tasks.store import open_store
+
+BBOX_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    artifact: ModelArtifact
+    gathered: GatheredVariant
+    metrics: dict  # from tasks.evaluation.evaluate
+    latency: dict  # from tasks.latency.measure_latency
+
+
+def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
+    """The report.json entry of one variant (sizes in bytes, latency in ms)."""
+    stats = result.metrics["stats"]
+    entry = {
+        "variant": result.artifact.variant,
+        "model": result.artifact.url,
+        "model_bytes": result.artifact.model_bytes,
+        "size_vs_float32": None,
+        "weights_by_dtype": result.artifact.weights_by_dtype,
+        "latency_ms": {k: result.latency[k] for k in ("mean", "p50", "p90", "p99")},
+        "latency": result.latency,
+        "images_per_s": result.latency["images_per_s"],
+        "images": len(result.gathered.done_image_ids),
+        "failed_images": len(result.gathered.failed),
+        "failures": list(result.gathered.failed),
+        "bbox": stats,
+        "per_category_AP": result.metrics["per_category_AP"],
+        "delta_AP_vs_float32": None,
+        "detections": result.gathered.detections_url,
+        "detections_count": result.gathered.detections,
+    }
+    if float32 is not None:
+        entry["size_vs_float32"] = result.artifact.model_bytes / float32.artifact.model_bytes
+        entry["delta_AP_vs_float32"] = stats["AP"] - float32.metrics["stats"]["AP"]
+    return entry
+
+
+def build_report(run: dict, results: list[VariantResult]) -> dict:
+    """``run`` (id, model, dataset, settings, host) plus one entry per variant, in VARIANTS order."""
+    by_variant = {r.artifact.variant: r for r in results}
+    ordered = [by_variant[v] for v in VARIANTS if v in by_variant]
+    return {**run, "variants": [variant_entry(r, by_variant.get("float32")) for r in ordered]}
+
+
+def report_table(report: dict) -> pd.DataFrame:
+    """The human-facing table: MB, ratio to float32, latency (ms), images/s, AP metrics, ΔAP."""
+    rows = []
+    for v in report["variants"]:
+        rows.append(
+            {
+                "variant": v["variant"],
+                "size_MB": v["model_bytes"] / MB,
+                "x_fp32": v["size_vs_float32"],
+                "lat_mean_ms": v["latency_ms"]["mean"],
+                "lat_p50_ms": v["latency_ms"]["p50"],
+                "lat_p90_ms": v["latency_ms"]["p90"],
+                "img_per_s": v["images_per_s"],
+                **{k: v["bbox"][k] for k in BBOX_COLUMNS},
+                "dAP_vs_fp32": v["delta_AP_vs_float32"],
+                "images": v["images"],
+                "failed": v["failed_images"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".3f")
+
+
+def markdown_report(report: dict, table: pd.DataFrame) -> str:
+    host, settings = report["host"], report["settings"]
+    lines = [
+        f"# quantbench report {report['run_id']}",
+        "",
+        f"- model: `{report['model']['source']}` (sha256 {report['model']['digest'][:16]}…, input {report['model']['input']['shape']})",
+        f"- dataset: `{report['dataset']['annotations']}`, {report['dataset']['images']} images",
+        f"- latency: invoke() only, {settings['latency_images']} runs after warm-up, {settings['threads']} thread(s), "
+        f"one variant at a time; host {host['cpu']} ({host['usable_cpus']} usable CPUs)",
+        "- AP: COCO mAP@[.5:.95] (pycocotools, bbox) on the images each variant processed",
+        "",
+        format_table(table),
+        "",
+    ]
+    for v in report["variants"]:
+        for failure in v["failures"]:
+            lines.append(f"- {v['variant']}: image {failure['image_id']} ({failure['file_name']}) failed: {failure['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def publish_report(report: dict, store_url: str, run_prefix: str) -> str:
+    """Write report.json/.csv/.md under ``run_prefix``; return the URL of report.json."""
+    store = open_store(store_url)
+    table = report_table(report)
+    store.write_bytes(f"{run_prefix}/report.csv", table.to_csv(index=False).encode())
+    store.write_bytes(f"{run_prefix}/report.md", markdown_report(report, table).encode())
+    return store.write_json(f"{run_prefix}/report.json", report, indent=2)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(run: dict, results: list[VariantResult], store_url: str, run_prefix: str) -> str:
+    """Publish the report and its Prefect table artifact; return report.json's URL."""
+    report = build_report(run, results)
+    url = publish_report(report, store_url, run_prefix)
+    table = report_table(report)
+    create_table_artifact(
+        table=table.round(4).astype(object).where(table.notna(), None).to_dict(orient="records"),
+        key="quantbench-report",
+        description=f"quantbench run {report['run_id']}: {url}",
+    )
+    return url

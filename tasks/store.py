@@ -1,0 +1,178 @@
+"""Object store: one small interface over a local folder (``file://``) and S3 (``s3://``).
+
+Keys are ``/``-separated paths relative to the store's root URL. The embedded default is a local
+folder; ``s3://bucket/prefix`` goes through boto3 with its standard credential chain. For
+S3-compatible servers (MinIO, SeaweedFS, R2) set ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``): boto3 reads it itself, and path-style addressing is then used.
+
+Writes are atomic: a reader never sees a partial object under its final key (a local write goes
+to a temporary file that is renamed into place; an S3 PUT is atomic by itself).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tasks.errors import QuantbenchError
+
+
+class Store(ABC):
+    """Bytes under keys, below a root URL."""
+
+    url: str
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Store ``data`` under ``key`` atomically; return the object's URL."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """Return the object under ``key``; raise QuantbenchError naming its URL if absent."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+    @abstractmethod
+    def local_path(self, key: str, cache_dir: Path) -> Path:
+        """A local file holding the object (the object itself when the store is local)."""
+
+    def url_for(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+    def write_json(self, key: str, value: Any, indent: int | None = None) -> str:
+        return self.write_bytes(key, json.dumps(value, indent=indent).encode())
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+
+class LocalStore(Store):
+    """A folder on the local file system."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as partial:
+            partial.write(data)
+        os.replace(partial.name, path)
+        return self.url_for(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise QuantbenchError(f"not found: {self.url_for(key)}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def local_path(self, key: str, cache_dir: Path) -> Path:
+        if not self.exists(key):
+            raise QuantbenchError(f"not found: {self.url_for(key)}")
+        return self._path(key)
+
+
+class S3Store(Store):
+    """A prefix in an S3 bucket, through boto3 (credentials from the standard chain)."""
+
+    def __init__(self, bucket: str, prefix: str):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(s3={"addressing_style": "path"} if custom_endpoint else {}, retries={"mode": "standard"})
+        self.client = boto3.client("s3", config=config)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, key: str, error: Exception) -> QuantbenchError:
+        from botocore.exceptions import ClientError
+
+        if isinstance(error, ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                return QuantbenchError(f"bucket does not exist: s3://{self.bucket} (create it, or fix --store)")
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                return QuantbenchError(f"access denied to {self.url_for(key)}: check the AWS credentials")
+            if code in ("NoSuchKey", "404"):
+                return QuantbenchError(f"not found: {self.url_for(key)}")
+            return QuantbenchError(f"S3 error {code} on {self.url_for(key)}")
+        return QuantbenchError(f"cannot reach S3 for {self.url_for(key)}: {type(error).__name__}")
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(key, error) from None
+        return self.url_for(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(key, error) from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(key, error) from None
+        except BotoCoreError as error:
+            raise self._error(key, error) from None
+
+    def local_path(self, key: str, cache_dir: Path) -> Path:
+        target = Path(cache_dir) / "s3" / self.bucket / self._key(key)
+        if not target.is_file():
+            data = self.read_bytes(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        return target
+
+
+def open_store(url: str) -> Store:
+    """Open ``file:///abs/dir``, a plain local path, or ``s3://bucket/prefix``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise QuantbenchError(f"store URL {url!r} names no bucket: use s3://BUCKET/PREFIX")
+        return S3Store(parsed.netloc, parsed.path)
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.path))
+    if parsed.scheme == "":
+        return LocalStore(Path(url))
+    raise QuantbenchError(f"unsupported store URL {url!r}: use a local path, file:///path or s3://bucket/prefix")
+
+
+def split_url(url: str) -> tuple[Store, str]:
+    """Split the URL of one object into (store of its folder, key), e.g. for an annotations file."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    if not name:
+        raise QuantbenchError(f"{url!r} does not name a file")
+    return open_store(parent or "."), name
