@@ -96,7 +96,8 @@ class S3Store(Store):
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(s3={"addressing_style": "path"} if custom_endpoint else {}, retries={"mode": "standard"})
-        self.client = boto3.client("s3", config=config)
+        # A session per store: credentials are resolved now, not cached from an earlier store.
+        self.client = boto3.session.Session().client("s3", config=config)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

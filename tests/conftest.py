@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated Prefect backend, oracle models, the shared COCO sample."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_MINI = Path(os.environ.get("QUANTBENCH_COCO_MINI", REPO.parent / "shared" / "coco-mini"))
+# Different, non-square sizes: portrait, landscape, extreme aspect ratios, one square.
+ORACLE_SIZES = [(200, 120), (97, 310), (640, 480), (333, 222), (128, 128), (500, 77), (61, 45), (300, 451)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep the demo dataset and downloads out of the user's ~/.cache."""
+    os.environ["QUANTBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def prefect_backend():
+    """A throw-away Prefect API (temporary database) for flows run in this process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def oracle_data(tmp_path_factory) -> Path:
+    """Annotations JSON of the oracle dataset (PNG images beside it)."""
+    return write_oracle_dataset(tmp_path_factory.mktemp("oracle-data"), ORACLE_SIZES)
+
+
+@pytest.fixture(scope="session")
+def oracle_models(tmp_path_factory, oracle_data) -> dict[str, Path]:
+    """Two oracle SavedModels: fixed non-square input (96x160) and dynamic [1, None, None, 3]."""
+    root = tmp_path_factory.mktemp("oracle-models")
+    tables = oracle_tables(oracle_data)
+    return {
+        "fixed": build_oracle_model(root / "fixed", tables, (96, 160)),
+        "dynamic": build_oracle_model(root / "dynamic", tables, None),
+    }
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    if not (COCO_MINI / "instances_train2017_subset.json").is_file():
+        pytest.skip(f"the shared COCO sample is not at {COCO_MINI} (set QUANTBENCH_COCO_MINI)")
+    return COCO_MINI

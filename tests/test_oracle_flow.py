@@ -1,0 +1,34 @@
+"""Oracle: a model that outputs each image's ground truth must score AP = 1.000 through the whole
+flow — conversion, sharded LiteRT inference, store, gather, pycocotools — for every variant."""
+import json
+from urllib.parse import urlparse
+
+import pytest
+
+from flows.benchmark import BenchmarkConfig, benchmark
+from tasks.models import VARIANTS
+
+
+def _read(url: str):
+    return json.loads(open(urlparse(url).path).read())
+
+
+@pytest.mark.parametrize("input_kind", ["fixed", "dynamic"])
+def test_oracle_scores_ap_1_for_every_variant(prefect_backend, oracle_data, oracle_models, tmp_path, input_kind):
+    config = BenchmarkConfig(
+        model=str(oracle_models[input_kind]), annotations=str(oracle_data), images=str(oracle_data.parent),
+        shard_size=3, workers=2, latency_images=5, store=str(tmp_path / "store"),
+    )
+    report = _read(benchmark(config))
+    assert [v["variant"] for v in report["variants"]] == list(VARIANTS)
+    expected_shape = [1, 96, 160, 3] if input_kind == "fixed" else [1, -1, -1, 3]
+    assert report["model"]["input"]["shape"] == expected_shape
+    for entry in report["variants"]:
+        assert entry["images"] == 8 and entry["failed_images"] == 0, entry["variant"]
+        for stat in ("AP", "AP50", "AP75", "AR100"):
+            assert entry["bbox"][stat] == 1.0, (entry["variant"], stat, entry["bbox"])
+        assert entry["delta_AP_vs_float32"] == 0.0
+        detections = _read(entry["detections"])
+        assert {d["image_id"] for d in detections} == {1000 + 7 * k for k in range(8)}
+    sizes = {v["variant"]: v["model_bytes"] for v in report["variants"]}
+    assert sizes["float16"] < sizes["float32"] and sizes["int8"] < sizes["float32"]

@@ -1,0 +1,76 @@
+"""The object store: local folder and a real S3-compatible server (SeaweedFS on 127.0.0.1)."""
+import json
+
+import pytest
+
+from flows.benchmark import BenchmarkConfig, benchmark
+from tasks.errors import QuantbenchError
+from tasks.store import open_store, split_url
+from tests.s3server import running_s3_server
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path):
+    if request.param == "file":
+        return open_store(tmp_path.as_uri())
+    request.getfixturevalue("s3_env")
+    return open_store(f"s3://quantbench/tests/{tmp_path.name}")
+
+
+def test_round_trip_and_urls(store, tmp_path):
+    url = store.write_json("runs/r1/report.json", {"AP": 0.5})
+    assert url == store.url_for("runs/r1/report.json")
+    assert store.exists("runs/r1/report.json") and not store.exists("runs/r1/missing.json")
+    assert store.read_json("runs/r1/report.json") == {"AP": 0.5}
+    object_store, key = split_url(url)
+    assert object_store.read_bytes(key) == json.dumps({"AP": 0.5}).encode()
+    assert store.local_path("runs/r1/report.json", tmp_path / "cache").read_bytes() == json.dumps({"AP": 0.5}).encode()
+
+
+def test_missing_object_names_its_url(store):
+    with pytest.raises(QuantbenchError, match=f"not found: {store.url_for('nothing/here.json')}"):
+        store.read_bytes("nothing/here.json")
+
+
+def test_missing_bucket_and_bad_credentials_are_clear_and_leak_no_secret(s3_env, monkeypatch):
+    with pytest.raises(QuantbenchError, match="bucket does not exist: s3://no-such-bucket"):
+        open_store("s3://no-such-bucket/x").read_bytes("a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    with pytest.raises(QuantbenchError, match="access denied to s3://quantbench/x/a") as raised:
+        open_store("s3://quantbench/x").write_bytes("a", b"1")
+    assert "wrong-secret-value" not in str(raised.value)
+
+
+def test_local_writes_leave_no_partial_objects(tmp_path):
+    store = open_store(str(tmp_path))
+    store.write_bytes("a/b.bin", b"x" * 1000)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.bin"]
+
+
+def test_benchmark_with_results_in_s3(prefect_backend, s3_env, oracle_data, oracle_models):
+    config = BenchmarkConfig(
+        model=str(oracle_models["fixed"]), annotations=str(oracle_data), images=str(oracle_data.parent),
+        variants=["float32", "int8"], shard_size=4, latency_images=3, store="s3://quantbench/bench",
+    )
+    url = benchmark(config)
+    assert url.startswith("s3://quantbench/bench/runs/") and url.endswith("/report.json")
+    store, key = split_url(url)
+    report = store.read_json(key)
+    assert [v["bbox"]["AP"] for v in report["variants"]] == [1.0, 1.0]
+    for entry in report["variants"]:
+        assert entry["detections"].startswith("s3://quantbench/bench/runs/")
+        assert entry["model"].startswith("s3://quantbench/bench/models/")
+    assert store.exists(key.replace("report.json", "report.csv"))
