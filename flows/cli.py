@@ -5,6 +5,7 @@ Bad input ends with one line ``error: …`` on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from pydantic import ValidationError
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(_table(url))
     print(f"report: {url}")
+    logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
     return 0
 
 

@@ -107,7 +107,11 @@ def convert(model_dir: Path, variant: str) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif variant != "float32":
         raise QuantbenchError(f"unknown LiteRT variant {variant!r}: choose from {', '.join(LITERT_VARIANTS)}")
-    return converter.convert()
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter raises ConverterError and assorted others
+        detail = next((line.strip() for line in str(error).splitlines() if "error" in line.lower()), type(error).__name__)
+        raise QuantbenchError(f"LiteRT conversion of {model_dir} to {variant} failed: {detail[:300]}") from None
 
 
 def tflite_weights_by_dtype(model: bytes) -> dict[str, int]:

@@ -42,6 +42,10 @@ class Store(ABC):
     def local_path(self, key: str, cache_dir: Path) -> Path:
         """A local file holding the object (the object itself when the store is local)."""
 
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Keys of every object under ``prefix`` (a folder-like prefix, ``a/b``), sorted."""
+
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
@@ -83,6 +87,12 @@ class LocalStore(Store):
         if not self.exists(key):
             raise QuantbenchError(f"not found: {self.url_for(key)}")
         return self._path(key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 class S3Store(Store):
@@ -145,6 +155,20 @@ class S3Store(Store):
             raise self._error(key, error) from None
         except BotoCoreError as error:
             raise self._error(key, error) from None
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        folder = self._key(prefix.strip("/")).rstrip("/")
+        folder = f"{folder}/" if folder else ""
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        keys = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+                keys += [item["Key"][strip:] for item in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(prefix, error) from None
+        return sorted(keys)
 
     def local_path(self, key: str, cache_dir: Path) -> Path:
         target = Path(cache_dir) / "s3" / self.bucket / self._key(key)

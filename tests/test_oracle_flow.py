@@ -32,3 +32,26 @@ def test_oracle_scores_ap_1_for_every_variant(prefect_backend, oracle_data, orac
         assert {d["image_id"] for d in detections} == {1000 + 7 * k for k in range(8)}
     sizes = {v["variant"]: v["model_bytes"] for v in report["variants"]}
     assert sizes["float16"] < sizes["float32"] and sizes["int8"] < sizes["float32"]
+
+
+def test_report_is_published_as_a_prefect_table_artifact(prefect_backend, oracle_data, oracle_models, tmp_path):
+    from prefect.artifacts import Artifact
+
+    config = BenchmarkConfig(
+        model=str(oracle_models["fixed"]), annotations=str(oracle_data), images=str(oracle_data.parent),
+        variants=["float32", "int8"], latency_images=3, store=str(tmp_path / "store"),
+    )
+    url = benchmark(config)
+    artifact = Artifact.get("quantbench-report")
+    assert artifact.type == "table" and url in artifact.description
+    rows = json.loads(artifact.data)
+    assert [row["variant"] for row in rows] == ["float32", "int8"] and all(row["AP"] == 1.0 for row in rows)
+
+
+def test_flow_parameters_are_one_described_model():
+    """The Prefect UI renders the flow's parameter schema as a form: every field is described."""
+    schema = benchmark.parameters.model_dump()
+    assert list(schema["properties"]) == ["config"]
+    fields = schema["definitions"]["BenchmarkConfig"]["properties"]
+    assert {"model", "annotations", "images", "variants", "shard_size", "workers", "threads", "limit", "store"} <= set(fields)
+    assert all(field.get("description") for field in fields.values())

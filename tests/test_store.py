@@ -40,6 +40,14 @@ def test_round_trip_and_urls(store, tmp_path):
     assert store.local_path("runs/r1/report.json", tmp_path / "cache").read_bytes() == json.dumps({"AP": 0.5}).encode()
 
 
+def test_list_keys_under_a_prefix(store):
+    for key in ("m/saved_model.pb", "m/variables/variables.index", "m2/other", "top"):
+        store.write_bytes(key, b"x")
+    assert store.list_keys("m") == ["m/saved_model.pb", "m/variables/variables.index"]
+    assert store.list_keys() == ["m/saved_model.pb", "m/variables/variables.index", "m2/other", "top"]
+    assert store.list_keys("absent") == []
+
+
 def test_missing_object_names_its_url(store):
     with pytest.raises(QuantbenchError, match=f"not found: {store.url_for('nothing/here.json')}"):
         store.read_bytes("nothing/here.json")
