@@ -18,15 +18,28 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
+from tasks.calibration import calibration_task
+from tasks.coverage import compare_task
 from tasks.dataset import Dataset, load_dataset, make_shards
+from tasks.errors import QuantbenchError
 from tasks.evaluation import evaluate_task
 from tasks.gather import gather_variant_task
 from tasks.inference import ShardJob, cache_dir, infer_shard_task
-from tasks.latency import host_info, latency_task
-from tasks.models import LITERT_VARIANTS, VARIANTS, check_saved_model, convert_variant, directory_digest, saved_model_artifact
+from tasks.latency import host_info, latency_task, load_inputs
+from tasks.models import (
+    CALIBRATED_RECIPES,
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    Calibration,
+    check_saved_model,
+    convert_variant,
+    saved_model_artifact,
+)
 from tasks.report import VariantResult, report_task
+from tasks.runtimes import LiteRTRuntime, prepare_input
+from tasks.sources import ResolvedModel, resolve_model, shown
 
-Variant = Literal["saved_model", "float32", "float16", "int8"]
+Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 
 
 def default_store() -> str:
@@ -37,10 +50,10 @@ def default_store() -> str:
 class BenchmarkConfig(BaseModel):
     """What to benchmark and how. Empty model/dataset fields mean the embedded demo."""
 
-    model: str | None = Field(None, description="TensorFlow SavedModel directory whose 'serving_default' signature follows the TF Object Detection API. Empty: the embedded demo detector.")
+    model: str | None = Field(None, description="The detector: a SavedModel directory (TF OD API 'serving_default' signature), a float .tflite, a zoo .tar.gz (path or URL), s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle. Empty: the embedded demo detector.")
     annotations: str | None = Field(None, description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
     images: str | None = Field(None, description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
-    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), description="Variants to benchmark: saved_model (TensorFlow baseline), float32, float16 (fp16 weights), int8 (dynamic range).")
+    variants: list[Variant] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32.")
     shard_size: int = Field(50, ge=1, description="Images per inference task.")
     workers: int = Field(2, ge=1, description="Inference tasks run in parallel on this machine.")
     threads: int = Field(1, ge=1, description="CPU threads per interpreter (inference and latency).")
@@ -48,6 +61,9 @@ class BenchmarkConfig(BaseModel):
     store: str = Field(default_factory=default_store, description="Where results go: a local folder, file:///path or s3://bucket/prefix.")
     latency_images: int = Field(50, ge=1, description="Timed invoke() calls per variant, after warm-up.")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Drop detections scoring below this.")
+    class_ids: Literal["category_id", "index0"] = Field("category_id", description="What the model's detection_classes hold: category_id (TF OD API models: the dataset's category ids) or index0 (0-based index into the dataset's sorted category ids, as 80-class models emit).")
+    calibration_images: str | None = Field(None, description="Folder (path or s3:// prefix) of images disjoint from the evaluation images, for int8_full/int16x8 calibration and the float32 output comparison. Empty with the demo: its calib split.")
+    calibration_count: int = Field(32, ge=1, description="Calibration images used.")
 
     @model_validator(mode="after")
     def _dataset_given_whole(self) -> "BenchmarkConfig":
@@ -56,15 +72,41 @@ class BenchmarkConfig(BaseModel):
         return self
 
 
-def resolve_inputs(config: BenchmarkConfig) -> tuple[Path, str, str]:
-    """(model dir, annotations, images), generating the demo dataset when none is given."""
+def resolve_inputs(config: BenchmarkConfig) -> tuple[ResolvedModel, str, str, str | None]:
+    """(model, annotations, images, calibration images), generating the demo data when none is given."""
     from demo import DEMO_MODEL_DIR, synthetic
 
-    model = Path(config.model) if config.model else DEMO_MODEL_DIR
+    model = resolve_model(config.model or str(DEMO_MODEL_DIR), cache_dir())
     if config.annotations is None:
         annotations = synthetic.generate(cache_dir() / "demo-data", synthetic.VAL)
-        return model, str(annotations), str(annotations.parent)
-    return model, config.annotations, config.images
+        calibration = config.calibration_images or str(synthetic.generate(cache_dir() / "demo-data", synthetic.CALIBRATION).parent)
+        return model, str(annotations), str(annotations.parent), calibration
+    return model, config.annotations, config.images, config.calibration_images
+
+
+def model_input(model: ResolvedModel) -> dict:
+    """The model's image input: ``{"name", "dtype", "shape"}`` (-1 for dynamic dimensions)."""
+    if model.kind == "saved_model":
+        return check_saved_model(model.path)
+    runtime = LiteRTRuntime(model.path)
+    height, width = runtime.fixed_size or (-1, -1)
+    return {"name": runtime.input_name, "dtype": "uint8", "shape": [1, height, width, 3]}
+
+
+def check_variants(model: ResolvedModel, variants: list[str], calibration_images: str | None) -> None:
+    if model.kind == "tflite":
+        needs_saved_model = [v for v in variants if v not in ("float32", "weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32")]
+        if needs_saved_model:
+            raise QuantbenchError(f"{model.source} is a .tflite: variant(s) {', '.join(needs_saved_model)} need the SavedModel; use float32 and quantizer variants")
+    calibrated = [v for v in variants if v in CALIBRATED_RECIPES]
+    if calibrated and not calibration_images:
+        raise QuantbenchError(f"variant(s) {', '.join(calibrated)} need --calibration-images DIR (images disjoint from the evaluation set)")
+
+
+def comparison_inputs(dataset: Dataset, fixed_size: tuple[int, int] | None) -> Calibration:
+    """Without calibration images, outputs are compared on the first evaluation images."""
+    batches = tuple(prepare_input(pixels, fixed_size) for pixels in load_inputs(dataset.images_url, list(dataset.images), 4))
+    return Calibration(source=f"first {len(batches)} readable evaluation images (comparison only)", digest="", batches=batches)
 
 
 def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -> str:
@@ -78,48 +120,56 @@ def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -
 def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     """Benchmark every requested variant of a detector on a COCO dataset; return report.json's URL."""
     logger = get_run_logger()
-    model_dir, annotations, images = resolve_inputs(config)
-    model_input = check_saved_model(model_dir)
-    model_digest = directory_digest(model_dir)
+    model, annotations, images, calibration_images = resolve_inputs(config)
+    variants = [v for v in VARIANTS if v in config.variants]
+    check_variants(model, variants, calibration_images)
+    image_input = model_input(model)
+    fixed_size = tuple(image_input["shape"][1:3]) if min(image_input["shape"][1:3]) > 0 else None
     dataset = load_dataset(annotations, images, config.limit)
     shards = make_shards(dataset, config.shard_size)
-    run_id = run_identity(config, model_digest, dataset)
+    run_id = run_identity(config, model.digest, dataset)
     run_prefix = f"runs/{run_id}"
-    variants = [v for v in VARIANTS if v in config.variants]
     logger.info("run %s: %d images in %d shards, variants %s", run_id, len(dataset.images), len(shards), ", ".join(variants))
 
-    artifacts = {}
-    if any(v in LITERT_VARIANTS for v in variants):
-        # float32 is always converted: the quantized variants' size claims are checked against it.
-        artifacts["float32"] = convert_variant(str(model_dir), model_digest, "float32", config.store, None)
-        for variant in ("float16", "int8"):
-            if variant in variants:
-                artifacts[variant] = convert_variant(str(model_dir), model_digest, variant, config.store, artifacts["float32"].model_bytes)
-    if "saved_model" in variants:
-        artifacts["saved_model"] = saved_model_artifact(str(model_dir))
+    calibration = (
+        calibration_task(calibration_images, config.calibration_count, fixed_size, dataset)
+        if calibration_images else comparison_inputs(dataset, fixed_size)
+    )
+    # float32 is always produced: quantizer recipes start from it and every size claim is checked against it.
+    artifacts = {"float32": convert_variant(str(model.path), model.digest, "float32", config.store)}
+    for variant in variants:
+        if variant == "saved_model":
+            artifacts[variant] = saved_model_artifact(str(model.path))
+        elif variant != "float32":
+            artifacts[variant] = convert_variant(str(model.path), model.digest, variant, config.store, artifacts["float32"], calibration)
 
+    label_map = dataset.category_ids if config.class_ids == "index0" else None
     jobs = [
-        ShardJob(v, artifacts[v].url, model_digest, dataset.digest, dataset.images_url, shard, config.store, config.threads, config.min_score)
+        ShardJob(v, artifacts[v].url, model.digest, dataset.digest, dataset.images_url, shard, config.store,
+                 config.threads, config.min_score, dataset.category_ids, label_map)
         for v in variants
         for shard in shards
     ]
     with ThreadPoolTaskRunner(max_workers=config.workers) as runner:
         outputs = runner.map(infer_shard_task, {"job": jobs}).result()
 
+    # Everything below runs one task at a time, so latency is measured with nothing else running.
     expected_ids = [record.id for record in dataset.images]
     results = []
     for variant in variants:
         gathered = gather_variant_task(variant, [o for o in outputs if o.variant == variant], expected_ids, config.store, run_prefix)
         latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads, config.latency_images)
+        differences = {} if variant == "float32" else compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration)
         metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids))
-        results.append(VariantResult(artifacts[variant], gathered, metrics, latency))
+        results.append(VariantResult(artifacts[variant], gathered, metrics, latency, differences))
 
     run = {
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"source": str(model_dir), "digest": model_digest, "input": model_input},
+        "model": {"source": shown(model.source), "kind": model.kind, "digest": model.digest, "input": image_input},
         "dataset": {"annotations": dataset.annotations_url, "images_url": dataset.images_url, "digest": dataset.digest, "images": len(dataset.images)},
-        "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants"}),
+        "calibration": calibration.source,
+        "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants", "class_ids", "calibration_count"}),
         "host": host_info(),
     }
     url = report_task(run, results, config.store, run_prefix)
@@ -129,7 +179,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
 
 def validate(config: BenchmarkConfig) -> None:
     """Fail fast, before any flow starts, on a bad model or dataset (one-line errors)."""
-    model_dir, annotations, images = resolve_inputs(config)
-    check_saved_model(model_dir)
+    model, annotations, images, calibration_images = resolve_inputs(config)
+    check_variants(model, list(config.variants), calibration_images)
+    model_input(model)
     load_dataset(annotations, images, config.limit)
-

@@ -11,17 +11,18 @@ import sys
 from pydantic import ValidationError
 
 from tasks.errors import QuantbenchError
-from tasks.models import VARIANTS
+from tasks.models import DEFAULT_VARIANTS, VARIANTS
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description="What does LiteRT quantization do to my object detector?")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="benchmark a detector's variants on a COCO dataset (default: the embedded demo)")
-    run.add_argument("--model", help="TensorFlow SavedModel directory (TF OD API serving signature)")
+    run.add_argument("--model", help="SavedModel dir (TF OD API signature), float .tflite, zoo .tar.gz (path or URL), "
+                     "s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle")
     run.add_argument("--annotations", help="COCO instances JSON (path or s3:// URL)")
     run.add_argument("--images", help="image folder (path or s3:// prefix)")
-    run.add_argument("--variants", nargs="+", choices=VARIANTS, help=f"default: {' '.join(VARIANTS)}")
+    run.add_argument("--variants", nargs="+", choices=VARIANTS, help=f"default: {' '.join(DEFAULT_VARIANTS)}")
     run.add_argument("--shard-size", type=int, help="images per inference task (default 50)")
     run.add_argument("--workers", type=int, help="inference tasks in parallel (default 2)")
     run.add_argument("--threads", type=int, help="CPU threads per interpreter (default 1)")
@@ -29,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="results store: folder, file:///path or s3://bucket/prefix (default ./quantbench-results)")
     run.add_argument("--latency-images", type=int, help="timed invocations per variant (default 50)")
     run.add_argument("--min-score", type=float, help="drop detections below this score (default 0)")
+    run.add_argument("--class-ids", choices=("category_id", "index0"),
+                     help="detection_classes are category ids (default, TF OD API) or 0-based indices into the sorted category ids")
+    run.add_argument("--calibration-images", help="folder of images disjoint from the evaluation set (int8_full, int16x8)")
+    run.add_argument("--calibration-count", type=int, help="calibration images used (default 32)")
     return parser
 
 

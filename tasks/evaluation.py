@@ -1,8 +1,15 @@
-"""Evaluation: COCO mAP of a variant's detections with pycocotools ``COCOeval`` (bbox).
+"""Evaluation: COCO mAP of a variant's detections with pycocotools ``COCOeval`` (bbox, and segm
+when the detections carry ``segmentation`` RLEs from a mask model).
 
 Only the images the variant actually processed are evaluated (``params.imgIds``); images that
 failed to decode are listed in the report instead of counting as misses. An empty detection list
 is evaluated as such (AP 0 where there is ground truth) instead of crashing ``loadRes``.
+
+Each IoU type sees only its own geometry: ``COCO.loadRes`` takes a result's ``area`` (which decides
+small/medium/large and so which unmatched detections are ignored per area range) from ``bbox``
+whenever a result has one, even when evaluating masks. So for ``segm`` the results are passed
+without ``bbox`` (area = mask area, box = the mask's bounding box, as detectron2 does), and for
+``bbox`` without ``segmentation`` (same numbers as before, minus copying the RLEs).
 """
 from __future__ import annotations
 
@@ -30,10 +37,27 @@ def ground_truth(document: dict) -> COCO:
     return coco
 
 
-def _results(gt: COCO, detections: list[dict]) -> COCO:
+IOU_TYPES = ("bbox", "segm")
+
+
+def has_segmentation(detections: list[dict]) -> bool:
+    """Whether the detections carry ``segmentation`` (all of them, or none: mixed lists are refused)."""
+    with_masks = sum("segmentation" in d for d in detections)
+    if 0 < with_masks < len(detections):
+        raise ValueError(f"only {with_masks} of {len(detections)} detections have a segmentation")
+    return with_masks > 0
+
+
+def _results(gt: COCO, detections: list[dict], iou_type: str = "bbox") -> COCO:
     if detections:
+        if iou_type == "segm":
+            if not has_segmentation(detections):
+                raise ValueError("segm evaluation needs detections with a 'segmentation' (RLE)")
+            own = [{k: v for k, v in d.items() if k != "bbox"} for d in detections]
+        else:
+            own = [{k: v for k, v in d.items() if k != "segmentation"} if "bbox" in d else d for d in detections]
         with contextlib.redirect_stdout(io.StringIO()):
-            return gt.loadRes(copy.deepcopy(detections))
+            return gt.loadRes(copy.deepcopy(own))
     empty = COCO()
     empty.dataset = {"images": list(gt.dataset["images"]), "categories": copy.deepcopy(gt.dataset["categories"]), "annotations": []}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -44,10 +68,13 @@ def _results(gt: COCO, detections: list[dict]) -> COCO:
 def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: str = "bbox") -> dict:
     """The 12 COCO summary stats and per-category AP (IoU .5:.95, all areas, 100 dets).
 
-    Returns ``{"stats": {name: value}, "per_category_AP": {category name: AP}, "images": n}``;
-    a stat is -1 where COCO defines none (no ground truth in that area range).
+    ``iou_type`` is ``"bbox"`` or ``"segm"`` (the detections' ``segmentation`` RLEs, judged with
+    mask areas). Returns ``{"stats": {name: value}, "per_category_AP": {category name: AP},
+    "images": n}``; a stat is -1 where COCO defines none (no ground truth in that area range).
     """
-    evaluator = COCOeval(gt, _results(gt, detections), iou_type)
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, not {iou_type!r}")
+    evaluator = COCOeval(gt, _results(gt, detections, iou_type), iou_type)
     evaluator.params.imgIds = sorted(image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
@@ -66,10 +93,26 @@ def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: s
     }
 
 
+def evaluate_all(gt: COCO, detections: list[dict], image_ids: list[int], segm: bool | None = None) -> dict:
+    """``{"bbox": evaluate(..., "bbox"), "segm": evaluate(..., "segm")}``; ``"segm"`` is there when
+    ``segm`` is true, or (``segm=None``) when the detections carry segmentations. Pass ``segm=True``
+    for a mask model so that a run with no detections at all still reports (zero) mask AP."""
+    if segm is None:
+        segm = has_segmentation(detections)
+    results = {"bbox": evaluate(gt, detections, image_ids, "bbox")}
+    if segm:
+        results["segm"] = evaluate(gt, detections, image_ids, "segm")
+    return results
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(annotations_url: str, detections_url: str, image_ids: list[int]) -> dict:
-    """Evaluate stored detections against the annotations (a local path or store URL)."""
+    """Evaluate stored detections against the annotations (a local path or store URL).
+
+    Returns :func:`evaluate`'s bbox result; when the detections carry segmentations it also has a
+    ``"segm"`` key holding the same structure for masks (bbox-only detections: unchanged)."""
     from tasks.dataset import read_annotations
 
     store, key = split_url(detections_url)
-    return evaluate(ground_truth(read_annotations(annotations_url)), store.read_json(key), image_ids)
+    results = evaluate_all(ground_truth(read_annotations(annotations_url)), store.read_json(key), image_ids)
+    return {**results["bbox"], **({"segm": results["segm"]} if "segm" in results else {})}

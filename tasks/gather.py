@@ -22,16 +22,19 @@ class GatheredVariant:
     detections: int
     done_image_ids: tuple[int, ...]
     failed: tuple[dict, ...]  # {"image_id", "file_name", "reason"}
+    outside_categories: dict[str, int]  # model class -> detections not in the dataset's categories
 
 
 def gather_variant(variant: str, outputs: list[ShardOutput], expected_image_ids: list[int], store_url: str, run_prefix: str) -> GatheredVariant:
     store = open_store(store_url)
-    detections, done, failed = [], [], []
+    detections, done, failed, outside = [], [], [], {}
     for output in sorted(outputs, key=lambda o: o.shard_index):
         stored = store.read_json(output.key)
         detections += stored["detections"]
         done += stored["done_image_ids"]
         failed += stored["failed"]
+        for category, count in stored["outside_categories"].items():
+            outside[category] = outside.get(category, 0) + count
     seen = done + [f["image_id"] for f in failed]
     if sorted(seen) != sorted(expected_image_ids):
         missing = sorted(set(expected_image_ids) - set(seen))[:5]
@@ -40,7 +43,7 @@ def gather_variant(variant: str, outputs: list[ShardOutput], expected_image_ids:
             f"(first missing ids: {missing}); nothing was published for this variant"
         )
     url = store.write_json(f"{run_prefix}/detections/{variant}.json", detections)
-    return GatheredVariant(variant, url, len(detections), tuple(sorted(done)), tuple(failed))
+    return GatheredVariant(variant, url, len(detections), tuple(sorted(done)), tuple(failed), dict(sorted(outside.items())))
 
 
 @task(name="gather", cache_policy=NO_CACHE)

@@ -50,6 +50,8 @@ class ShardJob:
     store_url: str
     threads: int = 1
     min_score: float = 0.0
+    category_ids: tuple[int, ...] = ()  # the dataset's categories; other classes are counted, not kept
+    label_map: tuple[int, ...] | None = None  # model class index -> category id (None: classes are ids)
 
     def output_key(self) -> str:
         identity = {
@@ -59,6 +61,7 @@ class ShardJob:
             "dataset_digest": self.dataset_digest,
             "image_ids": [record.id for record in self.shard.images],
             "min_score": self.min_score,
+            "label_map": self.label_map,
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"shards/{self.variant}/{digest[:32]}.json"
@@ -74,6 +77,7 @@ class ShardOutput:
     images_done: int
     images_failed: int
     detections: int
+    outside_categories: dict[str, int]  # category id (as str) -> detections dropped for it
     seconds: float  # wall time of the whole shard: model load, decode, resize, invoke, store
     reused: bool
 
@@ -89,11 +93,11 @@ def infer_shard(job: ShardJob) -> ShardOutput:
     if store.exists(key):
         stored = store.read_json(key)
         return ShardOutput(job.variant, job.shard.index, key, len(stored["done_image_ids"]), len(stored["failed"]),
-                           len(stored["detections"]), 0.0, reused=True)
+                           len(stored["detections"]), stored["outside_categories"], 0.0, reused=True)
     started = time.perf_counter()
     runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
     reader = ImageReader(job.images_url)
-    detections, done, failed = [], [], []
+    detections, done, failed, outside = [], [], [], {}
     for record in job.shard.images:
         try:
             pixels = decode_rgb(reader.read(record))
@@ -104,15 +108,39 @@ def infer_shard(job: ShardJob) -> ShardOutput:
         runtime.invoke()
         out = runtime.outputs()
         count = out["num_detections"].reshape(-1)[0] if "num_detections" in out else None
-        detections += od_api_to_coco(
+        image_detections = od_api_to_coco(
             record.id, record.width, record.height,
             out["detection_boxes"][0], out["detection_scores"][0], out["detection_classes"][0],
             num_detections=count, min_score=job.min_score,
+            masks=out["detection_masks"][0] if "detection_masks" in out else None,
         )
+        detections += keep_dataset_categories(image_detections, job.label_map, job.category_ids, outside)
         done.append(record.id)
-    store.write_json(key, {"job": asdict(job), "detections": detections, "done_image_ids": done, "failed": failed})
-    return ShardOutput(job.variant, job.shard.index, key, len(done), len(failed), len(detections),
+    document = {"job": asdict(job), "detections": detections, "done_image_ids": done, "failed": failed, "outside_categories": outside}
+    store.write_json(key, document)
+    return ShardOutput(job.variant, job.shard.index, key, len(done), len(failed), len(detections), outside,
                        round(time.perf_counter() - started, 3), reused=False)
+
+
+def keep_dataset_categories(detections: list[dict], label_map: tuple[int, ...] | None, category_ids: tuple[int, ...],
+                            outside: dict[str, int]) -> list[dict]:
+    """Map model classes to dataset category ids and keep only the dataset's categories.
+
+    With ``label_map`` the model's class is a 0-based index into it (80-class models: index →
+    sorted COCO category id); without, the class already is the category id (TF OD API models).
+    Dropped detections are counted per original class in ``outside`` so the report shows them.
+    """
+    kept = []
+    for detection in detections:
+        category = detection["category_id"]
+        if label_map is not None:
+            category = label_map[category] if 0 <= category < len(label_map) else None
+        if category is None or (category_ids and category not in category_ids):
+            name = str(detection["category_id"])
+            outside[name] = outside.get(name, 0) + 1
+            continue
+        kept.append({**detection, "category_id": category})
+    return kept
 
 
 @task(name="infer-shard", cache_policy=NO_CACHE, task_run_name="infer-{job.variant}-shard-{job.shard.index}")

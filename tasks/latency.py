@@ -51,6 +51,7 @@ def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], th
         "warmup": warmup,
         "threads": threads,
         "runtime": "tensorflow" if variant == "saved_model" else "ai-edge-litert",
+        "delegate": runtime.delegate,
         "input_size": list(runtime.fixed_size) if runtime.fixed_size else "original image size (dynamic input)",
     }
 

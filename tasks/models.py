@@ -1,40 +1,60 @@
-"""Model sources and conversion: check a SavedModel, digest it, convert it into LiteRT variants,
-and verify each variant is what it claims by counting its weight bytes per dtype.
+"""Variants of a model: check and digest a SavedModel, produce each LiteRT variant (recipes in
+``tasks.conversion``), and verify each is what it claims by counting its weight bytes per dtype.
 
-Variants (names used everywhere, in this order in reports):
+Variants (names used everywhere, in this order in reports); the default is the study's four:
 
 - ``saved_model``: the SavedModel itself, run by TensorFlow (the baseline row);
-- ``float32``: LiteRT converter, no optimisation;
-- ``float16``: LiteRT converter, ``Optimize.DEFAULT`` + ``supported_types=[float16]`` (weights fp16);
-- ``int8``: LiteRT converter, ``Optimize.DEFAULT`` (dynamic range: weights int8, activations float).
+- ``float32``, ``float16``, ``int8`` (dynamic range), ``int8_full`` (calibrated), ``int16x8``:
+  LiteRT converter recipes;
+- ``weight_only_wi8_afp32``, ``dynamic_wi8_afp32``, ``weight_only_wf16_afp32``: LiteRT quantizer
+  recipes applied to the float32 ``.tflite``.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.conversion import CALIBRATED_RECIPES, CONVERTER_RECIPES, QUANTIZER_RECIPES, convert, quantize
 from tasks.errors import QuantbenchError
+from tasks.tflite_inspect import flex_ops, op_counts, quantized_share, weights_by_dtype
 
-VARIANTS = ("saved_model", "float32", "float16", "int8")
+VARIANTS = ("saved_model", *CONVERTER_RECIPES, *QUANTIZER_RECIPES)
+DEFAULT_VARIANTS = ("saved_model", "float32", "float16", "int8")
 LITERT_VARIANTS = VARIANTS[1:]
 SIGNATURE_KEY = "serving_default"
 REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes")
-# The dtype whose weight bytes a converted variant must hold, and that its file must shrink by.
-CLAIMED_WEIGHT_DTYPE = {"float32": "float32", "float16": "float16", "int8": "int8"}
+# The dtype whose weight bytes a converted variant must hold (and, quantized, shrink the file by).
+CLAIMED_WEIGHT_DTYPE = {
+    "float32": "float32", "float16": "float16", "int8": "int8", "int8_full": "int8", "int16x8": "int8",
+    "weight_only_wi8_afp32": "int8", "dynamic_wi8_afp32": "int8", "weight_only_wf16_afp32": "float16",
+}
 
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    """One variant, ready to run: where its model lives, its size, and its weight bytes per dtype."""
+    """One variant, ready to run: where its model lives, its size, and what is inside it."""
 
     variant: str
     url: str  # a .tflite object URL in the store, or the SavedModel directory for ``saved_model``
     model_bytes: int
     weights_by_dtype: dict[str, int]
+    quantized_weight_share: float = 0.0  # of float-derived weight bytes, the share in a quantized dtype
+    op_counts: dict[str, int] = field(default_factory=dict)
+    flex_ops: tuple[str, ...] = ()  # Select TF ops: running them needs TensorFlow
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Model-ready calibration batches (uint8 ``[1, H, W, 3]``) and where they came from."""
+
+    source: str
+    digest: str
+    batches: tuple[np.ndarray, ...]
 
 
 def check_saved_model(model_dir: Path) -> dict:
@@ -95,54 +115,6 @@ def directory_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
 
 
-def convert(model_dir: Path, variant: str) -> bytes:
-    """Convert the SavedModel's serving signature to a LiteRT flatbuffer for ``variant``."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(model_dir), signature_keys=[SIGNATURE_KEY])
-    if variant == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif variant == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif variant != "float32":
-        raise QuantbenchError(f"unknown LiteRT variant {variant!r}: choose from {', '.join(LITERT_VARIANTS)}")
-    try:
-        return converter.convert()
-    except Exception as error:  # the converter raises ConverterError and assorted others
-        detail = next((line.strip() for line in str(error).splitlines() if "error" in line.lower()), type(error).__name__)
-        raise QuantbenchError(f"LiteRT conversion of {model_dir} to {variant} failed: {detail[:300]}") from None
-
-
-def tflite_weights_by_dtype(model: bytes) -> dict[str, int]:
-    """Bytes of constant tensors (weights, biases, lookup tables) per dtype in a ``.tflite`` file.
-
-    Each buffer is counted once even if several tensors share it. Dtype names are numpy-style
-    (``float32``, ``float16``, ``int8``, ``int32``...).
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    type_names = {value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
-    root = schema.Model.GetRootAsModel(model, 0)
-    counted: set[int] = set()
-    totals: dict[str, int] = {}
-    for s in range(root.SubgraphsLength()):
-        subgraph = root.Subgraphs(s)
-        for t in range(subgraph.TensorsLength()):
-            tensor = subgraph.Tensors(t)
-            index = tensor.Buffer()
-            if index == 0 or index in counted:
-                continue
-            buffer = root.Buffers(index)
-            size = buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
-            if size == 0:
-                continue
-            counted.add(index)
-            name = type_names.get(tensor.Type(), f"type{tensor.Type()}")
-            totals[name] = totals.get(name, 0) + size
-    return dict(sorted(totals.items()))
-
-
 def saved_model_weights_by_dtype(model_dir: Path) -> dict[str, int]:
     """Bytes of the SavedModel's variables per dtype, read from its checkpoint index."""
     import numpy as np
@@ -180,26 +152,52 @@ def verify_variant(variant: str, weights_by_dtype: dict[str, int], model_bytes: 
         )
 
 
-@task(name="convert", cache_policy=NO_CACHE)
-def convert_variant(model_dir: str, model_digest: str, variant: str, store_url: str, float32_bytes: int | None) -> ModelArtifact:
-    """Convert (or reuse the stored conversion of) one variant and verify its dtype claim.
+def _tool_version(variant: str) -> str:
+    from importlib import metadata
 
-    Converted files are keyed by model digest, TensorFlow version and variant, so a rerun
-    reuses them and different models never collide.
+    if variant in QUANTIZER_RECIPES:
+        return f"aeq{metadata.version('ai-edge-quantizer')}"
+    return f"tf{metadata.version('tensorflow-cpu')}"
+
+
+def describe(variant: str, model: bytes, url: str) -> ModelArtifact:
+    weights = weights_by_dtype(model)
+    return ModelArtifact(variant, url, len(model), weights, quantized_share(weights), op_counts(model), tuple(flex_ops(model)))
+
+
+@task(name="convert", task_run_name="convert-{variant}", cache_policy=NO_CACHE)
+def convert_variant(source_path: str, source_digest: str, variant: str, store_url: str,
+                    float32: ModelArtifact | None = None, calibration: Calibration | None = None) -> ModelArtifact:
+    """Produce (or reuse the stored result of) one LiteRT variant and verify its dtype claim.
+
+    ``source_path`` is a SavedModel directory, or a float ``.tflite`` (then ``float32`` is that
+    file and only quantizer recipes apply). Stored under ``models/<digest>/<variant>-<tool
+    version>[-calib<digest>].tflite``, so reruns reuse it and different models never collide.
     """
-    import tensorflow as tf
-
-    from tasks.store import open_store
+    from tasks.store import open_store, split_url
 
     store = open_store(store_url)
-    key = f"models/{model_digest[:20]}/{variant}-tf{tf.__version__}.tflite"
-    model = store.read_bytes(key) if store.exists(key) else None
-    if model is None:
-        model = convert(Path(model_dir), variant)
-    weights = tflite_weights_by_dtype(model)
-    verify_variant(variant, weights, len(model), float32_bytes)
-    url = store.url_for(key) if store.exists(key) else store.write_bytes(key, model)
-    return ModelArtifact(variant=variant, url=url, model_bytes=len(model), weights_by_dtype=weights)
+    suffix = f"-calib{calibration.digest[:12]}" if variant in CALIBRATED_RECIPES and calibration else ""
+    key = f"models/{source_digest[:20]}/{variant}-{_tool_version(variant)}{suffix}.tflite"
+    if store.exists(key):
+        model = store.read_bytes(key)
+    elif source_path.endswith(".tflite"):
+        if variant == "float32":
+            model = Path(source_path).read_bytes()
+        elif variant in QUANTIZER_RECIPES:
+            model = quantize(Path(source_path).read_bytes(), variant)
+        else:
+            raise QuantbenchError(f"variant {variant} needs the SavedModel; {source_path} is a .tflite (use a quantizer variant)")
+    elif variant in QUANTIZER_RECIPES:
+        float32_store, float32_key = split_url(float32.url)
+        model = quantize(float32_store.read_bytes(float32_key), variant)
+    else:
+        model = convert(Path(source_path), variant, list(calibration.batches) if calibration else None)
+    artifact = describe(variant, model, store.url_for(key))
+    verify_variant(variant, artifact.weights_by_dtype, artifact.model_bytes, float32.model_bytes if float32 else None)
+    if not store.exists(key):
+        store.write_bytes(key, model)
+    return artifact
 
 
 @task(name="saved-model-baseline", cache_policy=NO_CACHE)

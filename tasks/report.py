@@ -15,6 +15,7 @@ from tasks.models import VARIANTS, ModelArtifact
 from tasks.store import open_store
 
 BBOX_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+MASK_COLUMNS = ("AP", "AP50", "AP75")
 MB = 1_000_000
 
 
@@ -22,8 +23,9 @@ MB = 1_000_000
 class VariantResult:
     artifact: ModelArtifact
     gathered: GatheredVariant
-    metrics: dict  # from tasks.evaluation.evaluate
+    metrics: dict  # from tasks.evaluation.evaluate_task: bbox stats, and "segm" for mask models
     latency: dict  # from tasks.latency.measure_latency
+    differences: dict  # output name -> max |variant - float32| on the comparison batch
 
 
 def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
@@ -35,6 +37,10 @@ def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
         "model_bytes": result.artifact.model_bytes,
         "size_vs_float32": None,
         "weights_by_dtype": result.artifact.weights_by_dtype,
+        "quantized_weight_share": result.artifact.quantized_weight_share,
+        "op_counts": result.artifact.op_counts,
+        "flex_ops": list(result.artifact.flex_ops),
+        "max_abs_diff_vs_float32": result.differences,
         "latency_ms": {k: result.latency[k] for k in ("mean", "p50", "p90", "p99")},
         "latency": result.latency,
         "images_per_s": result.latency["images_per_s"],
@@ -46,10 +52,16 @@ def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
         "delta_AP_vs_float32": None,
         "detections": result.gathered.detections_url,
         "detections_count": result.gathered.detections,
+        "detections_outside_categories": result.gathered.outside_categories,
     }
+    if "segm" in result.metrics:
+        entry["segm"] = result.metrics["segm"]["stats"]
+        entry["segm_per_category_AP"] = result.metrics["segm"]["per_category_AP"]
     if float32 is not None:
         entry["size_vs_float32"] = result.artifact.model_bytes / float32.artifact.model_bytes
         entry["delta_AP_vs_float32"] = stats["AP"] - float32.metrics["stats"]["AP"]
+        if "segm" in result.metrics and "segm" in float32.metrics:
+            entry["delta_mask_AP_vs_float32"] = result.metrics["segm"]["stats"]["AP"] - float32.metrics["segm"]["stats"]["AP"]
     return entry
 
 
@@ -75,6 +87,8 @@ def report_table(report: dict) -> pd.DataFrame:
                 "img_per_s": v["images_per_s"],
                 **{k: v["bbox"][k] for k in BBOX_COLUMNS},
                 "dAP_vs_fp32": v["delta_AP_vs_float32"],
+                **({f"mask_{k}": v["segm"][k] for k in MASK_COLUMNS} if "segm" in v else {}),
+                "q_share": v["quantized_weight_share"],
                 "images": v["images"],
                 "failed": v["failed_images"],
             }
@@ -102,9 +116,19 @@ def markdown_report(report: dict, table: pd.DataFrame) -> str:
         format_table(table),
         "",
     ]
+    lines.append(f"Quantization coverage (outputs compared with float32 on {report['calibration']}):")
+    lines.append("")
+    for v in report["variants"]:
+        flex = ", ".join(v["flex_ops"]) or "none"
+        diffs = ", ".join(f"{name} {value:.3g}" for name, value in v["max_abs_diff_vs_float32"].items()) or "-"
+        lines.append(f"- {v['variant']}: {v['quantized_weight_share']:.0%} of weight bytes quantized; "
+                     f"{sum(v['op_counts'].values())} ops; Flex ops: {flex}; max |Δ| vs float32: {diffs}")
+    lines.append("")
     for v in report["variants"]:
         for failure in v["failures"]:
             lines.append(f"- {v['variant']}: image {failure['image_id']} ({failure['file_name']}) failed: {failure['reason']}")
+        for category, count in v["detections_outside_categories"].items():
+            lines.append(f"- {v['variant']}: {count} detections of class {category}, not a category of the dataset, were left out")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@ Both expose the same three steps so latency can time ``invoke()`` alone:
 ``set_input(batch)`` (uint8 ``[1, H, W, 3]``), ``invoke()``, ``outputs()`` (dict by output name).
 A ``.tflite`` model is run through its ``serving_default`` signature's name → tensor mapping,
 never by position (``get_output_details()`` order is not the signature's). LiteRT inference
-does not import TensorFlow.
+does not import TensorFlow unless the model contains Select TF ("Flex") ops.
 """
 from __future__ import annotations
 
@@ -24,13 +24,36 @@ class LiteRTRuntime:
     """A ``.tflite`` model in an ``ai_edge_litert`` interpreter with ``threads`` CPU threads."""
 
     def __init__(self, model_path: Path, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+        from tasks.tflite_inspect import flex_ops
+
+        needs_tensorflow = flex_ops(Path(model_path).read_bytes())
+        if needs_tensorflow:
+            # Importing TensorFlow registers its Flex delegate, which an interpreter picks up when
+            # it is built. Models without Flex ops never import TensorFlow (4 s and ~0.5 GB less).
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                raise QuantbenchError(
+                    f"{model_path} uses Select TF ops ({', '.join(needs_tensorflow)}), which need TensorFlow at run time; "
+                    "run it where tensorflow-cpu 2.18.1 is installed (the full image, not the slim one)"
+                ) from None
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self.delegate = "XNNPACK"
+        try:
+            self.interpreter.allocate_tensors()
+        except RuntimeError as error:
+            if "XNNPACK" not in str(error):
+                raise
+            # XNNPACK refuses some quantized graphs; LiteRT's builtin kernels still run them (slower).
+            self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads,
+                                           experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self.interpreter.allocate_tensors()
+            self.delegate = "none (XNNPACK could not prepare this model)"
         signatures = self.interpreter.get_signature_list()
         if SIGNATURE_KEY not in signatures:
             raise QuantbenchError(f"{model_path} has no '{SIGNATURE_KEY}' signature (found: {', '.join(signatures) or 'none'})")
-        self.interpreter.allocate_tensors()
         runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
         (self.input_name, input_detail), = runner.get_input_details().items()
         self._output_indices = {name: d["index"] for name, d in runner.get_output_details().items()}
@@ -72,6 +95,7 @@ class SavedModelRuntime:
         self.fixed_size = (dims[1], dims[2]) if dims[1] and dims[2] else None
         self._input = None
         self._outputs: dict[str, np.ndarray] = {}
+        self.delegate = "tensorflow"
 
     def set_input(self, batch: np.ndarray) -> None:
         self._input = self._tf.constant(batch)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
+from tests.s3server import running_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = Path(os.environ.get("QUANTBENCH_COCO_MINI", REPO.parent / "shared" / "coco-mini"))
@@ -51,3 +52,18 @@ def coco_mini() -> Path:
     if not (COCO_MINI / "instances_train2017_subset.json").is_file():
         pytest.skip(f"the shared COCO sample is not at {COCO_MINI} (set QUANTBENCH_COCO_MINI)")
     return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole test session."""
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The server's endpoint and credentials in the environment, as a user would set them."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

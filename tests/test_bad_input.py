@@ -39,7 +39,7 @@ def test_missing_image_folder(capsys, oracle_data, oracle_models, tmp_path):
 
 def test_model_dir_that_is_not_a_saved_model(capsys, tmp_path):
     error = _cli_error(capsys, "--model", str(tmp_path))
-    assert f"{tmp_path} is not a TensorFlow SavedModel" in error
+    assert f"no TensorFlow SavedModel in {tmp_path}: no saved_model.pb" in error
 
 
 def test_model_without_serving_signature(capsys, tmp_path):

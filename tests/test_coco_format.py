@@ -34,3 +34,21 @@ def test_round_trip_with_the_inverse():
     xywh = np.array([[10.5, 20.25, 30.0, 40.75], [0.0, 0.0, 333.0, 222.0]])
     back = od_api_to_coco(3, 333, 222, coco_to_od_api_boxes(xywh, 333, 222), np.ones(2), np.ones(2))
     np.testing.assert_allclose([d["bbox"] for d in back], xywh, atol=1e-3)
+
+
+def test_classes_outside_the_dataset_are_counted_not_kept():
+    from tasks.inference import keep_dataset_categories
+
+    detections = [{"category_id": c, "score": 1.0} for c in (2, 5, 7, 7)]
+    outside: dict[str, int] = {}
+    kept = keep_dataset_categories(detections, None, (2, 5, 90), outside)
+    assert [d["category_id"] for d in kept] == [2, 5] and outside == {"7": 2}
+
+
+def test_index0_classes_map_to_sorted_category_ids():
+    from tasks.inference import keep_dataset_categories
+
+    detections = [{"category_id": c, "score": 1.0} for c in (0, 2, 3, 1)]
+    outside: dict[str, int] = {}
+    kept = keep_dataset_categories(detections, (2, 5, 90), (2, 5, 90), outside)
+    assert [d["category_id"] for d in kept] == [2, 90, 5] and outside == {"3": 1}

@@ -10,7 +10,7 @@ from tasks.coco_format import coco_to_od_api_boxes, od_api_to_coco
 from tasks.dataset import load_dataset, make_shards
 from tasks.evaluation import evaluate, ground_truth
 from tasks.inference import ShardJob, infer_shard
-from tasks.models import convert
+from tasks.conversion import convert
 
 
 def _ground_truth_as_model_outputs(document: dict) -> list[dict]:

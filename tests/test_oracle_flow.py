@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
-from tasks.models import VARIANTS
+from tasks.models import DEFAULT_VARIANTS
 
 
 def _read(url: str):
@@ -20,7 +20,7 @@ def test_oracle_scores_ap_1_for_every_variant(prefect_backend, oracle_data, orac
         shard_size=3, workers=2, latency_images=5, store=str(tmp_path / "store"),
     )
     report = _read(benchmark(config))
-    assert [v["variant"] for v in report["variants"]] == list(VARIANTS)
+    assert [v["variant"] for v in report["variants"]] == list(DEFAULT_VARIANTS)
     expected_shape = [1, 96, 160, 3] if input_kind == "fixed" else [1, -1, -1, 3]
     assert report["model"]["input"]["shape"] == expected_shape
     for entry in report["variants"]:

@@ -6,20 +6,6 @@ import pytest
 from flows.benchmark import BenchmarkConfig, benchmark
 from tasks.errors import QuantbenchError
 from tasks.store import open_store, split_url
-from tests.s3server import running_s3_server
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    return s3_server
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -1,0 +1,73 @@
+"""Read a ``.tflite`` flatbuffer without running it: weight bytes per dtype, operators by type,
+Select TF ("Flex") ops. Uses the schema shipped with ``ai_edge_litert``; no TensorFlow needed."""
+from __future__ import annotations
+
+from ai_edge_litert import schema_py_generated as schema
+
+_TYPE_NAMES = {value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+_OP_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+# Weight dtypes that are the result of quantization (or float16 casting) of float32 weights.
+QUANTIZED_DTYPES = ("float16", "int8", "int4", "int16", "uint8", "bfloat16")
+
+
+def _model(model: bytes):
+    return schema.Model.GetRootAsModel(model, 0)
+
+
+def weights_by_dtype(model: bytes) -> dict[str, int]:
+    """Bytes of constant tensors (weights, biases, lookup tables) per dtype.
+
+    Each buffer is counted once even if several tensors share it. Dtype names are numpy-style
+    (``float32``, ``float16``, ``int8``, ``int32``...).
+    """
+    root = _model(model)
+    counted: set[int] = set()
+    totals: dict[str, int] = {}
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            index = tensor.Buffer()
+            if index == 0 or index in counted:
+                continue
+            buffer = root.Buffers(index)
+            size = buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
+            if size == 0:
+                continue
+            counted.add(index)
+            name = _TYPE_NAMES.get(tensor.Type(), f"type{tensor.Type()}")
+            totals[name] = totals.get(name, 0) + size
+    return dict(sorted(totals.items()))
+
+
+def quantized_share(weights: dict[str, int]) -> float:
+    """Share of floating-point-derived weight bytes held in a quantized dtype (0 for float32)."""
+    quantized = sum(weights.get(d, 0) for d in QUANTIZED_DTYPES)
+    total = quantized + weights.get("float32", 0)
+    return quantized / total if total else 0.0
+
+
+def _operator_name(code) -> str:
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())  # the schema keeps both fields
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return code.CustomCode().decode() if code.CustomCode() else "CUSTOM"
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def op_counts(model: bytes) -> dict[str, int]:
+    """How many operators of each type the model runs (all subgraphs), by name."""
+    root = _model(model)
+    names = [_operator_name(root.OperatorCodes(i)) for i in range(root.OperatorCodesLength())]
+    counts: dict[str, int] = {}
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            name = names[subgraph.Operators(o).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def flex_ops(model: bytes) -> list[str]:
+    """Names of the Select TF ops (``Flex…`` custom ops) in the model; they need TensorFlow to run."""
+    root = _model(model)
+    return sorted({n for n in (_operator_name(root.OperatorCodes(i)) for i in range(root.OperatorCodesLength())) if n.startswith("Flex")})

@@ -1,0 +1,242 @@
+"""Model sources: local folders and files, tarballs (local and over HTTP), S3 (a real SeaweedFS
+server), Kaggle and TF Hub handles through pre-filled caches. No network beyond 127.0.0.1."""
+import hashlib
+import io
+import re
+import shutil
+import tarfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import QuantbenchError
+from tasks.conversion import convert
+from tasks.models import directory_digest
+from tasks.sources import resolve_model
+from tasks.store import open_store
+from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A small oracle SavedModel."""
+    root = tmp_path_factory.mktemp("source-model")
+    return build_oracle_model(root / "model", oracle_tables(write_oracle_dataset(root / "data", [(40, 30), (20, 50)])), None)
+
+
+@pytest.fixture(scope="module")
+def tflite_bytes(model) -> bytes:
+    return convert(model, "float32")
+
+
+@pytest.fixture
+def web(tmp_path):
+    """An HTTP server on 127.0.0.1 serving a folder; yields (base URL, paths requested, the folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requested = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", requested, root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def zoo_tarball(model: Path, path: Path, name: str = "ssd_oracle_640x640") -> Path:
+    """A TF2 Detection Zoo style tarball: NAME/saved_model/…, NAME/checkpoint/…, NAME/pipeline.config."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(model, arcname=f"{name}/saved_model")
+        for member, data in ((f"{name}/pipeline.config", b"model {}\n"), (f"{name}/checkpoint/ckpt-0.index", b"\0")):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_local_saved_model_is_used_in_place_with_a_stable_digest(model, tmp_path):
+    first = resolve_model(str(model), tmp_path / "cache")
+    assert (first.source, first.kind, first.path) == (str(model), "saved_model", model)
+    assert first.digest == directory_digest(model) == resolve_model(str(model), tmp_path / "cache").digest
+    assert not (tmp_path / "cache").exists()
+
+    other = shutil.copytree(model, tmp_path / "other")
+    (other / "assets").mkdir(exist_ok=True)
+    (other / "assets" / "labels.txt").write_text("bicycle\n")
+    assert resolve_model(str(other), tmp_path / "cache").digest != first.digest
+
+
+def test_zoo_layout_directory_descends_into_saved_model(model, tmp_path):
+    zoo = tmp_path / "ssd_oracle"
+    shutil.copytree(model, zoo / "saved_model")
+    (zoo / "checkpoint").mkdir()
+    (zoo / "pipeline.config").write_text("model {}\n")
+    resolved = resolve_model(str(zoo), tmp_path / "cache")
+    assert resolved.kind == "saved_model" and resolved.path == zoo / "saved_model"
+    assert resolved.digest == directory_digest(model)
+
+
+def test_local_tflite_file_is_used_in_place(tflite_bytes, tmp_path):
+    file = tmp_path / "model.tflite"
+    file.write_bytes(tflite_bytes)
+    resolved = resolve_model(str(file), tmp_path / "cache")
+    assert (resolved.kind, resolved.path, resolved.digest) == ("tflite", file, hashlib.sha256(tflite_bytes).hexdigest())
+    assert resolve_model(str(file), tmp_path / "cache") == resolved
+    (tmp_path / "other.tflite").write_bytes(tflite_bytes + b"\0")
+    assert resolve_model(str(tmp_path / "other.tflite"), tmp_path / "cache").digest != resolved.digest
+
+
+def test_local_zoo_tarball_is_extracted_into_the_cache(model, tmp_path):
+    cache = tmp_path / "cache"
+    archive = zoo_tarball(model, tmp_path / "ssd_oracle.tar.gz")
+    resolved = resolve_model(str(archive), cache)
+    tar_hash = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    assert resolved.kind == "saved_model"
+    assert resolved.path == cache / "models" / "tar" / tar_hash / "ssd_oracle_640x640" / "saved_model"
+    assert resolved.digest == directory_digest(model)
+    assert resolve_model(str(archive), cache) == resolved
+    assert [p.name for p in (cache / "models" / "tar").iterdir()] == [tar_hash]  # no partial folders left
+
+
+def test_tarball_url_is_downloaded_once(model, tmp_path, web):
+    base, requested, root = web
+    zoo_tarball(model, root / "ssd_oracle.tar.gz")
+    url = f"{base}/ssd_oracle.tar.gz"
+    cache = tmp_path / "cache"
+    first = resolve_model(url, cache)
+    assert first.source == url and first.kind == "saved_model" and first.digest == directory_digest(model)
+    assert first.path.is_relative_to(cache / "models" / "tar")
+    assert resolve_model(url, cache) == first
+    assert requested == ["/ssd_oracle.tar.gz"]
+    assert [p.name for p in (cache / "models" / "downloads").iterdir()] == [
+        f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.tar.gz"
+    ]
+
+
+def test_missing_tarball_url_is_a_clear_error_and_caches_nothing(tmp_path, web):
+    base, requested, _ = web
+    url = f"{base}/absent.tgz?token=secret-value"
+    with pytest.raises(QuantbenchError, match=re.escape(f"cannot download {base}/absent.tgz: HTTPError: HTTP Error 404")) as raised:
+        resolve_model(url, tmp_path / "cache")
+    assert "secret-value" not in str(raised.value)
+    assert list((tmp_path / "cache" / "models" / "downloads").iterdir()) == []
+
+
+def test_tarball_member_cannot_escape_the_cache(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../evil")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    cache = tmp_path / "cache"
+    with pytest.raises(QuantbenchError, match=re.escape(f"cannot extract {archive}")):
+        resolve_model(str(archive), cache)
+    assert [p for p in tmp_path.rglob("evil") if p.is_file()] == []
+    assert list((cache / "models" / "tar").iterdir()) == []
+
+
+def test_tarball_without_a_saved_model_is_refused(tmp_path):
+    archive = tmp_path / "empty.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("name/pipeline.config")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(QuantbenchError, match=re.escape(f"no TensorFlow SavedModel in {archive}")):
+        resolve_model(str(archive), tmp_path / "cache")
+
+
+def test_s3_saved_model_prefix_and_tflite_object(s3_env, model, tflite_bytes, tmp_path):
+    store = open_store("s3://quantbench/models/x")
+    for file in (p for p in model.rglob("*") if p.is_file()):
+        store.write_bytes(file.relative_to(model).as_posix(), file.read_bytes())
+    open_store("s3://quantbench/models").write_bytes("x.tflite", tflite_bytes)  # beside the prefix, not under it
+    cache = tmp_path / "cache"
+
+    resolved = resolve_model("s3://quantbench/models/x", cache)
+    assert resolved.kind == "saved_model" and resolved.digest == directory_digest(model)
+    key = hashlib.sha256(b"s3://quantbench/models/x").hexdigest()[:16]
+    assert resolved.path == cache / "models" / "s3" / key
+    assert [p.name for p in (cache / "models" / "s3").iterdir()] == [key]
+    assert resolve_model("s3://quantbench/models/x", cache) == resolved
+
+    tflite = resolve_model("s3://quantbench/models/x.tflite", cache)
+    assert tflite.kind == "tflite" and tflite.path.read_bytes() == tflite_bytes
+    assert tflite.digest == hashlib.sha256(tflite_bytes).hexdigest()
+
+
+def test_s3_prefix_without_a_saved_model_caches_nothing(s3_env, tmp_path):
+    open_store("s3://quantbench/models/notes").write_bytes("readme.txt", b"no model here")
+    cache = tmp_path / "cache"
+    with pytest.raises(QuantbenchError, match=re.escape("no TensorFlow SavedModel in s3://quantbench/models/notes")):
+        resolve_model("s3://quantbench/models/notes", cache)
+    assert list((cache / "models" / "s3").iterdir()) == []
+    with pytest.raises(QuantbenchError, match=re.escape("no objects under s3://quantbench/models/absent")):
+        resolve_model("s3://quantbench/models/absent", cache)
+
+
+@pytest.fixture
+def offline_kaggle(tmp_path, monkeypatch) -> Path:
+    """A private KAGGLEHUB_CACHE; any Kaggle API call goes to http://localhost (refused), never out."""
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+    return tmp_path / "kagglehub"
+
+
+def test_kaggle_handle_from_kagglehub_cache(offline_kaggle, model, tmp_path):
+    variation = offline_kaggle / "models" / "tensorflow" / "ssd-oracle" / "tensorFlow2" / "640x640"
+    shutil.copytree(model, variation / "1")
+    (variation / "1.complete").touch()  # kagglehub's completion marker: a file beside the version folder
+    resolved = resolve_model("kaggle:tensorflow/ssd-oracle/tensorFlow2/640x640/1", tmp_path / "cache")
+    assert (resolved.kind, resolved.path, resolved.digest) == ("saved_model", variation / "1", directory_digest(model))
+
+
+def test_kaggle_handle_not_cached_offline_names_the_handle(offline_kaggle, model):
+    variation = offline_kaggle / "models" / "tensorflow" / "ssd-oracle" / "tensorFlow2" / "640x640"
+    shutil.copytree(model, variation / "1")  # files without the completion marker: an interrupted download
+    for handle in ("tensorflow/ssd-oracle/tensorFlow2/640x640/1", "tensorflow/ssd-oracle/tensorFlow2/640x640", "nonsense"):
+        with pytest.raises(QuantbenchError, match=re.escape(f"cannot get Kaggle model {handle}:")):
+            resolve_model(f"kaggle:{handle}", offline_kaggle)
+
+
+@pytest.mark.parametrize("env_cache", [False, True])
+def test_tfhub_handle_from_a_filled_cache(model, tmp_path, monkeypatch, env_cache):
+    handle = "https://tfhub.dev/tensorflow/ssd_oracle/1"
+    hub_cache = tmp_path / "hub" if env_cache else tmp_path / "cache" / "tfhub"
+    if env_cache:
+        monkeypatch.setenv("TFHUB_CACHE_DIR", str(hub_cache))
+    else:
+        monkeypatch.delenv("TFHUB_CACHE_DIR", raising=False)
+    module_dir = shutil.copytree(model, hub_cache / hashlib.sha1(handle.encode("utf8")).hexdigest())
+    resolved = resolve_model(handle, tmp_path / "cache")
+    assert (resolved.source, resolved.kind, resolved.path) == (handle, "saved_model", module_dir)
+    assert resolved.digest == directory_digest(model)
+
+
+def test_bad_sources_name_themselves(tmp_path):
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    cases = {
+        str(tmp_path / "missing"): "model not found: ",
+        str(tmp_path / "not_a_model"): "no TensorFlow SavedModel in ",
+        str(tmp_path / "notes.txt"): "unsupported model file ",
+        "ftp://example.com/model": "unsupported model source ",
+        "gs://bucket/model": "unsupported model source ",
+    }
+    for source, message in cases.items():
+        with pytest.raises(QuantbenchError, match=re.escape(message + source)) as raised:
+            resolve_model(source, tmp_path / "cache")
+        assert "\n" not in str(raised.value) and "kaggle:OWNER/MODEL" in str(raised.value)
