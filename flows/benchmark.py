@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -113,7 +114,7 @@ def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -
     settings = config.model_dump(exclude={"store", "workers"})
     settings.update(model_digest=model_digest, dataset_digest=dataset.digest)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{digest}"
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{digest}-{secrets.token_hex(2)}"  # unique even within a second
 
 
 @flow(name="quantbench-benchmark")
@@ -152,6 +153,8 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     ]
     with ThreadPoolTaskRunner(max_workers=config.workers) as runner:
         outputs = runner.map(infer_shard_task, {"job": jobs}).result()
+    shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}
+    logger.info("shards: %(computed)d computed, %(reused)d reused from the store", shards_run)
 
     # Everything below runs one task at a time, so latency is measured with nothing else running.
     expected_ids = [record.id for record in dataset.images]
@@ -169,6 +172,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "model": {"source": shown(model.source), "kind": model.kind, "digest": model.digest, "input": image_input},
         "dataset": {"annotations": dataset.annotations_url, "images_url": dataset.images_url, "digest": dataset.digest, "images": len(dataset.images)},
         "calibration": calibration.source,
+        "shards": shards_run,
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants", "class_ids", "calibration_count"}),
         "host": host_info(),
     }

@@ -1,4 +1,5 @@
 """Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
+``quantbench results list|show|fetch`` browses the runs in a store (``tasks.results``).
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -34,11 +36,30 @@ def _parser() -> argparse.ArgumentParser:
                      help="detection_classes are category ids (default, TF OD API) or 0-based indices into the sorted category ids")
     run.add_argument("--calibration-images", help="folder of images disjoint from the evaluation set (int8_full, int16x8)")
     run.add_argument("--calibration-count", type=int, help="calibration images used (default 32)")
+    _results_parser(commands)
     return parser
+
+
+def _results_parser(commands) -> None:
+    results = commands.add_parser("results", help="list the runs in a store, show one's report, fetch one's files")
+    actions = results.add_subparsers(dest="action", required=True)
+    store_help = "results store: folder, file:///path or s3://bucket/prefix (default: as for run, $QUANTBENCH_STORE or ./quantbench-results)"
+    listing = actions.add_parser("list", help="runs in the store, newest first, with each variant's bbox AP")
+    listing.add_argument("--store", help=store_help)
+    show = actions.add_parser("show", help="a run's report table (RUN: run id or a unique prefix)")
+    show.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
+    show.add_argument("--store", help=store_help)
+    show.add_argument("--json", action="store_true", help="print report.json as stored")
+    fetch = actions.add_parser("fetch", help="download a run's report files and detections into DEST")
+    fetch.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
+    fetch.add_argument("dest", metavar="DEST", help="local folder: gets report.json, report.csv, report.md, detections/<variant>.json")
+    fetch.add_argument("--store", help=store_help)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "results":
+        return _results(args)
     options = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         from flows.benchmark import BenchmarkConfig, benchmark, validate
@@ -57,6 +78,32 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(url))
     print(f"report: {url}")
     logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    """``quantbench results list|show|fetch``: read-only over the store, except fetch's DEST."""
+    from tasks import results
+    from tasks.store import open_store
+
+    try:
+        if args.store is None:
+            from flows.benchmark import default_store
+
+            args.store = default_store()
+        store = open_store(args.store)
+        if args.action == "list":
+            print(results.list_text(store))
+            return 0
+        run_id = results.resolve_run(store, args.run)
+        if args.action == "show":
+            print(results.report_json_text(store, run_id) if args.json else results.show_text(store, run_id))
+            return 0
+        written = results.fetch_run(store, run_id, Path(args.dest), lambda path, size: print(f"wrote {path} ({size:,} bytes)"))
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"fetched run {run_id} from {store.url} into {Path(args.dest).resolve()}: {len(written)} files")
     return 0
 
 

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.dataset import Dataset, decode_rgb
-from tasks.errors import QuantbenchError
+from tasks.errors import STORE_RETRIES, QuantbenchError
 from tasks.models import Calibration
 from tasks.runtimes import prepare_input
 from tasks.store import open_store
@@ -42,6 +42,6 @@ def load_calibration(images_url: str, count: int, fixed_size: tuple[int, int] | 
     return Calibration(source=f"{len(names)} images from {store.url}", digest=digest.hexdigest(), batches=tuple(batches))
 
 
-@task(name="calibration", cache_policy=NO_CACHE)
+@task(name="calibration", cache_policy=NO_CACHE, **STORE_RETRIES)
 def calibration_task(images_url: str, count: int, fixed_size: tuple[int, int] | None, evaluation: Dataset) -> Calibration:
     return load_calibration(images_url, count, fixed_size, evaluation)

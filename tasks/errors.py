@@ -3,3 +3,16 @@
 
 class QuantbenchError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
+
+
+class TransientError(QuantbenchError):
+    """A failure that may pass by itself (a store unreachable or overloaded): tasks retry on it."""
+
+
+def retry_on_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only what may pass; bad input fails at once."""
+    return isinstance(state.data, TransientError)
+
+
+# Retries declared on every task that talks to a store: 3 more tries, backing off.
+STORE_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": retry_on_transient}

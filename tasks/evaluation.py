@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tasks.errors import STORE_RETRIES
 from tasks.store import split_url
 
 # COCOeval.stats, in order (maxDets 100 unless named otherwise).
@@ -105,7 +106,7 @@ def evaluate_all(gt: COCO, detections: list[dict], image_ids: list[int], segm: b
     return results
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=NO_CACHE, **STORE_RETRIES)
 def evaluate_task(annotations_url: str, detections_url: str, image_ids: list[int]) -> dict:
     """Evaluate stored detections against the annotations (a local path or store URL).
 

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.coco_format import od_api_to_coco
 from tasks.dataset import ImageReader, Shard, decode_rgb
-from tasks.errors import QuantbenchError
+from tasks.errors import STORE_RETRIES, QuantbenchError
 from tasks.runtimes import open_runtime, prepare_input
 from tasks.store import open_store, split_url
 
@@ -143,7 +143,7 @@ def keep_dataset_categories(detections: list[dict], label_map: tuple[int, ...] |
     return kept
 
 
-@task(name="infer-shard", cache_policy=NO_CACHE, task_run_name="infer-{job.variant}-shard-{job.shard.index}")
+@task(name="infer-shard", cache_policy=NO_CACHE, **STORE_RETRIES, task_run_name="infer-{job.variant}-shard-{job.shard.index}")
 def infer_shard_task(job: ShardJob) -> ShardOutput:
     output = infer_shard(job)
     get_run_logger().info(

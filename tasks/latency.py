@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.dataset import ImageReader, ImageRecord, decode_rgb
-from tasks.errors import QuantbenchError
+from tasks.errors import STORE_RETRIES, QuantbenchError
 from tasks.inference import local_model_path
 from tasks.runtimes import open_runtime, prepare_input
 
@@ -97,7 +97,7 @@ def host_info() -> dict:
     }
 
 
-@task(name="latency", task_run_name="latency-{variant}", cache_policy=NO_CACHE)
+@task(name="latency", task_run_name="latency-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
 def latency_task(variant: str, model_url: str, images_url: str, records: list[ImageRecord], threads: int, runs: int) -> dict:
     inputs = load_inputs(images_url, records, min(runs, len(records)))
     return measure_latency(variant, local_model_path(model_url), inputs, threads, runs)

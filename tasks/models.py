@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.conversion import CALIBRATED_RECIPES, CONVERTER_RECIPES, QUANTIZER_RECIPES, convert, quantize
-from tasks.errors import QuantbenchError
+from tasks.errors import STORE_RETRIES, QuantbenchError
 from tasks.tflite_inspect import flex_ops, op_counts, quantized_share, weights_by_dtype
 
 VARIANTS = ("saved_model", *CONVERTER_RECIPES, *QUANTIZER_RECIPES)
@@ -165,7 +165,7 @@ def describe(variant: str, model: bytes, url: str) -> ModelArtifact:
     return ModelArtifact(variant, url, len(model), weights, quantized_share(weights), op_counts(model), tuple(flex_ops(model)))
 
 
-@task(name="convert", task_run_name="convert-{variant}", cache_policy=NO_CACHE)
+@task(name="convert", task_run_name="convert-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
 def convert_variant(source_path: str, source_digest: str, variant: str, store_url: str,
                     float32: ModelArtifact | None = None, calibration: Calibration | None = None) -> ModelArtifact:
     """Produce (or reuse the stored result of) one LiteRT variant and verify its dtype claim.

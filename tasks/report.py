@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.errors import STORE_RETRIES
 from tasks.gather import GatheredVariant
 from tasks.models import VARIANTS, ModelArtifact
 from tasks.store import open_store
@@ -141,7 +142,7 @@ def publish_report(report: dict, store_url: str, run_prefix: str) -> str:
     return store.write_json(f"{run_prefix}/report.json", report, indent=2)
 
 
-@task(name="report", cache_policy=NO_CACHE)
+@task(name="report", cache_policy=NO_CACHE, **STORE_RETRIES)
 def report_task(run: dict, results: list[VariantResult], store_url: str, run_prefix: str) -> str:
     """Publish the report and its Prefect table artifact; return report.json's URL."""
     report = build_report(run, results)

@@ -10,6 +10,7 @@ to a temporary file that is renamed into place; an S3 PUT is atomic by itself).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tasks.errors import QuantbenchError
+from tasks.errors import QuantbenchError, TransientError
+
+MULTIPART_BYTES = 8 * 1024 * 1024  # objects above this are uploaded in parts of this size
 
 
 class Store(ABC):
@@ -113,26 +116,38 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, key: str, error: Exception) -> QuantbenchError:
+        """One line naming the object's URL (and the endpoint), never the credentials."""
         from botocore.exceptions import ClientError
 
         if isinstance(error, ClientError):
             code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code == "NoSuchBucket":
                 return QuantbenchError(f"bucket does not exist: s3://{self.bucket} (create it, or fix --store)")
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
                 return QuantbenchError(f"access denied to {self.url_for(key)}: check the AWS credentials")
             if code in ("NoSuchKey", "404"):
                 return QuantbenchError(f"not found: {self.url_for(key)}")
+            if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
+                return TransientError(f"S3 error {code or status} on {self.url_for(key)} (will retry)")
             return QuantbenchError(f"S3 error {code} on {self.url_for(key)}")
-        return QuantbenchError(f"cannot reach S3 for {self.url_for(key)}: {type(error).__name__}")
+        return TransientError(f"cannot reach S3 at {self.client.meta.endpoint_url} for {self.url_for(key)}: {type(error).__name__}")
 
     def write_bytes(self, key: str, data: bytes) -> str:
+        """One PUT, or a multipart upload above 8 MB (boto3's transfer manager); atomic either way."""
+        from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key),
+                                       Config=TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES))
         except (BotoCoreError, ClientError) as error:
             raise self._error(key, error) from None
+        except Exception as error:  # the transfer manager wraps client errors in S3UploadFailedError
+            cause = error.__cause__ or error.__context__
+            if isinstance(cause, (BotoCoreError, ClientError)):
+                raise self._error(key, cause) from None
+            raise
         return self.url_for(key)
 
     def read_bytes(self, key: str) -> bytes:

@@ -45,26 +45,45 @@ def weed_binary() -> str:
     return found
 
 
+class S3Process:
+    """``weed mini`` on fixed free loopback ports and a data folder, so it can be stopped and
+    started again with its data (to test a store that goes away during a run)."""
+
+    def __init__(self, data_dir: Path, bucket: str = "quantbench"):
+        self.data_dir, self.ports = data_dir, dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
+        self.server = S3Server(f"http://127.0.0.1:{self.ports['s3.port']}", "quantbench-test-key", "quantbench-test-secret", bucket)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, startup_seconds: float = 60) -> S3Server:
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.server.access_key, "AWS_SECRET_ACCESS_KEY": self.server.secret_key,
+               "S3_BUCKET": self.server.bucket}
+        command = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+                   *(f"-{flag}={port}" for flag, port in self.ports.items())]
+        log = self.data_dir / "weed.log"
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.data_dir)
+        _wait_until_serving(self.server, self.process, startup_seconds, log)
+        return self.server
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
 @contextlib.contextmanager
 def running_s3_server(data_dir: Path, bucket: str = "quantbench", startup_seconds: float = 60):
-    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", "quantbench-test-key", "quantbench-test-secret", bucket)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key, "S3_BUCKET": bucket}
-    command = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-               *(f"-{flag}={port}" for flag, port in ports.items())]
-    log = open(data_dir / "weed.log", "wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
+    process = S3Process(data_dir, bucket)
     try:
-        _wait_until_serving(server, process, startup_seconds, data_dir / "weed.log")
-        yield server
+        yield process.start(startup_seconds)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.stop()
 
 
 def _wait_until_serving(server: S3Server, process: subprocess.Popen, seconds: float, log: Path) -> None:
