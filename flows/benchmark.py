@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
@@ -25,7 +25,7 @@ from tasks.dataset import Dataset, load_dataset, make_shards
 from tasks.errors import QuantbenchError
 from tasks.evaluation import evaluate_task
 from tasks.gather import gather_variant_task
-from tasks.inference import ShardJob, cache_dir, infer_shard_task
+from tasks.inference import ShardJob, cache_dir, infer_shard_task, run_shard_deployment
 from tasks.latency import host_info, latency_task, load_inputs
 from tasks.models import (
     CALIBRATED_RECIPES,
@@ -65,6 +65,10 @@ class BenchmarkConfig(BaseModel):
     class_ids: Literal["category_id", "index0"] = Field("category_id", description="What the model's detection_classes hold: category_id (TF OD API models: the dataset's category ids) or index0 (0-based index into the dataset's sorted category ids, as 80-class models emit).")
     calibration_images: str | None = Field(None, description="Folder (path or s3:// prefix) of images disjoint from the evaluation images, for int8_full/int16x8 calibration and the float32 output comparison. Empty with the demo: its calib split.")
     calibration_count: int = Field(32, ge=1, description="Calibration images used.")
+    execution: Literal["local", "deployment"] = Field("local", description="local: shards run as tasks in this flow run's process; deployment: each shard runs as a flow run of the per-shard deployment on its work pool (its own process or container).")
+    shard_deployment: str = Field("quantbench-shard/shard", description="The per-shard deployment (flow name/deployment name) used when execution is 'deployment'.")
+    job_variables: dict = Field(default_factory=dict, description="Work-pool job variables for each shard's flow run, e.g. {\"image\": \"quantbench:slim\", \"memory_request\": \"4Gi\"}.")
+    shard_timeout_s: float = Field(3600.0, gt=0, description="A shard flow run not finished after this long is cancelled and run again (deployment execution).")
 
     @model_validator(mode="after")
     def _dataset_given_whole(self) -> "BenchmarkConfig":
@@ -111,7 +115,7 @@ def comparison_inputs(dataset: Dataset, fixed_size: tuple[int, int] | None) -> C
 
 
 def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -> str:
-    settings = config.model_dump(exclude={"store", "workers"})
+    settings = config.model_dump(exclude={"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s"})
     settings.update(model_digest=model_digest, dataset_digest=dataset.digest)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{digest}-{secrets.token_hex(2)}"  # unique even within a second
@@ -151,8 +155,13 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         for v in variants
         for shard in shards
     ]
-    with ThreadPoolTaskRunner(max_workers=config.workers) as runner:
-        outputs = runner.map(infer_shard_task, {"job": jobs}).result()
+    with ThreadPoolTaskRunner(max_workers=config.workers) as runner:  # at most `workers` shards at a time
+        if config.execution == "local":
+            outputs = runner.map(infer_shard_task, {"job": jobs}).result()
+        else:
+            outputs = runner.map(run_shard_deployment, {"job": jobs, "deployment": unmapped(config.shard_deployment),
+                                                        "job_variables": unmapped(config.job_variables),
+                                                        "timeout_s": unmapped(config.shard_timeout_s)}).result()
     shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}
     logger.info("shards: %(computed)d computed, %(reused)d reused from the store", shards_run)
 
@@ -173,7 +182,8 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "dataset": {"annotations": dataset.annotations_url, "images_url": dataset.images_url, "digest": dataset.digest, "images": len(dataset.images)},
         "calibration": calibration.source,
         "shards": shards_run,
-        "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants", "class_ids", "calibration_count"}),
+        "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
+                                               "class_ids", "calibration_count", "execution", "shard_deployment"}),
         "host": host_info(),
     }
     url = report_task(run, results, config.store, run_prefix)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import QuantbenchError
+from tasks.errors import QuantbenchError, import_tensorflow
 
 CONVERTER_RECIPES = ("float32", "float16", "int8", "int8_full", "int16x8")
 QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32")
@@ -43,7 +43,7 @@ def _needs_flex(error: Exception) -> bool:
 
 
 def _converter(model_dir: Path, recipe: str, representative: Callable[[], Iterator[dict]] | None, select_tf_ops: bool):
-    import tensorflow as tf
+    tf = import_tensorflow(f"converting {model_dir}")
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(model_dir), signature_keys=["serving_default"])
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

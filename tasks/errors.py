@@ -16,3 +16,15 @@ def retry_on_transient(task, task_run, state) -> bool:
 
 # Retries declared on every task that talks to a store: 3 more tries, backing off.
 STORE_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": retry_on_transient}
+
+
+def import_tensorflow(needed_for: str):
+    """TensorFlow, or a one-line error saying it is missing (the slim image has none)."""
+    try:
+        import tensorflow
+    except ImportError:
+        raise QuantbenchError(
+            f"{needed_for} needs TensorFlow, which is not installed here: install quantbench[convert] "
+            "(tensorflow-cpu 2.18.1) or use the full image"
+        ) from None
+    return tensorflow

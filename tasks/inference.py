@@ -82,6 +82,16 @@ class ShardOutput:
     reused: bool
 
 
+def stored_shard_output(job: ShardJob, store, reused: bool = True) -> ShardOutput | None:
+    """The summary of the job's stored output, or None if it has none yet."""
+    key = job.output_key()
+    if not store.exists(key):
+        return None
+    stored = store.read_json(key)
+    return ShardOutput(job.variant, job.shard.index, key, len(stored["done_image_ids"]), len(stored["failed"]),
+                       len(stored["detections"]), stored["outside_categories"], 0.0, reused=reused)
+
+
 def infer_shard(job: ShardJob) -> ShardOutput:
     """Run ``job``'s model over its shard; store ``{"detections", "done_image_ids", "failed"}``.
 
@@ -89,11 +99,10 @@ def infer_shard(job: ShardJob) -> ShardOutput:
     shard goes on; a model failure stops the shard.
     """
     store = open_store(job.store_url)
+    stored = stored_shard_output(job, store)
+    if stored is not None:
+        return stored
     key = job.output_key()
-    if store.exists(key):
-        stored = store.read_json(key)
-        return ShardOutput(job.variant, job.shard.index, key, len(stored["done_image_ids"]), len(stored["failed"]),
-                           len(stored["detections"]), stored["outside_categories"], 0.0, reused=True)
     started = time.perf_counter()
     runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
     reader = ImageReader(job.images_url)
@@ -151,4 +160,36 @@ def infer_shard_task(job: ShardJob) -> ShardOutput:
         output.variant, output.shard_index, output.images_done, output.images_failed, output.detections,
         " (reused stored result)" if output.reused else f" in {output.seconds:.1f} s",
     )
+    return output
+
+
+@task(name="shard-deployment", task_run_name="run-{job.variant}-shard-{job.shard.index}", cache_policy=NO_CACHE,
+      retries=2, retry_delay_seconds=5)
+def run_shard_deployment(job: ShardJob, deployment: str, job_variables: dict, timeout_s: float) -> ShardOutput:
+    """Run one shard as a flow run of the per-shard ``deployment`` (on its work pool) and wait.
+
+    A shard already in the store is not submitted. A flow run that fails, crashes, or is still
+    not finished after ``timeout_s`` (its worker died with it, say) is cancelled and the task
+    retries with a new flow run: shard outputs are content-addressed and written atomically, so a
+    late or repeated run can only rewrite the same object.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelled
+
+    store = open_store(job.store_url)
+    stored = stored_shard_output(job, store)
+    if stored is not None:
+        return stored
+    flow_run = run_deployment(name=deployment, parameters={"job": job}, job_variables=job_variables or None,
+                              timeout=timeout_s, poll_interval=1)
+    if not flow_run.state or not flow_run.state.is_completed():
+        if flow_run.state and not flow_run.state.is_final():
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run.id, Cancelled(message="quantbench: shard timed out"), force=True)
+        raise RuntimeError(f"shard flow run {flow_run.name} ended {flow_run.state.type.value if flow_run.state else 'without a state'}")
+    output = stored_shard_output(job, store, reused=False)
+    if output is None:
+        raise RuntimeError(f"shard flow run {flow_run.name} completed but stored nothing at {store.url_for(job.output_key())}")
+    get_run_logger().info("%s shard %d: done by flow run %s", job.variant, job.shard.index, flow_run.name)
     return output

@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.conversion import CALIBRATED_RECIPES, CONVERTER_RECIPES, QUANTIZER_RECIPES, convert, quantize
-from tasks.errors import STORE_RETRIES, QuantbenchError
+from tasks.errors import STORE_RETRIES, QuantbenchError, import_tensorflow
 from tasks.tflite_inspect import flex_ops, op_counts, quantized_share, weights_by_dtype
 
 VARIANTS = ("saved_model", *CONVERTER_RECIPES, *QUANTIZER_RECIPES)
@@ -63,6 +63,7 @@ def check_saved_model(model_dir: Path) -> dict:
     Reads ``saved_model.pb`` only (no graph is loaded). Returns the signature's input description:
     ``{"name", "dtype", "shape"}`` where shape uses -1 for unknown dimensions.
     """
+    import_tensorflow(f"reading the SavedModel {model_dir}")
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.framework import dtypes
 
@@ -117,9 +118,7 @@ def directory_bytes(model_dir: Path) -> int:
 
 def saved_model_weights_by_dtype(model_dir: Path) -> dict[str, int]:
     """Bytes of the SavedModel's variables per dtype, read from its checkpoint index."""
-    import numpy as np
-    import tensorflow as tf
-
+    tf = import_tensorflow(f"reading the SavedModel {model_dir}")
     prefix = Path(model_dir) / "variables" / "variables"
     if not prefix.with_suffix(".index").exists():
         return {}
@@ -152,11 +151,14 @@ def verify_variant(variant: str, weights_by_dtype: dict[str, int], model_bytes: 
         )
 
 
-def _tool_version(variant: str) -> str:
+def _tool_version(variant: str, source_path: str) -> str:
+    """What produced the file: the quantizer's or TensorFlow's version, or the source itself."""
     from importlib import metadata
 
     if variant in QUANTIZER_RECIPES:
         return f"aeq{metadata.version('ai-edge-quantizer')}"
+    if source_path.endswith(".tflite"):
+        return "source"  # float32 of a .tflite source is the file as given
     return f"tf{metadata.version('tensorflow-cpu')}"
 
 
@@ -178,7 +180,7 @@ def convert_variant(source_path: str, source_digest: str, variant: str, store_ur
 
     store = open_store(store_url)
     suffix = f"-calib{calibration.digest[:12]}" if variant in CALIBRATED_RECIPES and calibration else ""
-    key = f"models/{source_digest[:20]}/{variant}-{_tool_version(variant)}{suffix}.tflite"
+    key = f"models/{source_digest[:20]}/{variant}-{_tool_version(variant, source_path)}{suffix}.tflite"
     if store.exists(key):
         model = store.read_bytes(key)
     elif source_path.endswith(".tflite"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import QuantbenchError
+from tasks.errors import QuantbenchError, import_tensorflow
 from tasks.models import SIGNATURE_KEY
 
 _TF_LOAD_LOCK = threading.Lock()
@@ -32,13 +32,7 @@ class LiteRTRuntime:
         if needs_tensorflow:
             # Importing TensorFlow registers its Flex delegate, which an interpreter picks up when
             # it is built. Models without Flex ops never import TensorFlow (4 s and ~0.5 GB less).
-            try:
-                import tensorflow  # noqa: F401
-            except ImportError:
-                raise QuantbenchError(
-                    f"{model_path} uses Select TF ops ({', '.join(needs_tensorflow)}), which need TensorFlow at run time; "
-                    "run it where tensorflow-cpu 2.18.1 is installed (the full image, not the slim one)"
-                ) from None
+            import_tensorflow(f"running {model_path} (Select TF ops: {', '.join(needs_tensorflow)})")
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
         self.delegate = "XNNPACK"
         try:
@@ -83,8 +77,7 @@ class SavedModelRuntime:
     """The SavedModel's ``serving_default`` signature called eagerly by TensorFlow."""
 
     def __init__(self, model_dir: Path, threads: int = 1):
-        import tensorflow as tf
-
+        tf = import_tensorflow(f"running the SavedModel {model_dir}")
         self._tf = tf
         with _TF_LOAD_LOCK:
             loaded = tf.saved_model.load(str(model_dir))

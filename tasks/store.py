@@ -190,9 +190,10 @@ class S3Store(Store):
         if not target.is_file():
             data = self.read_bytes(key)
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-            partial.write_bytes(data)
-            os.replace(partial, target)
+            # A temporary file of its own per download: parallel shards may fetch the same model at once.
+            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".partial", delete=False) as partial:
+                partial.write(data)
+            os.replace(partial.name, target)
         return target
 
 

@@ -68,3 +68,14 @@ def test_benchmark_with_results_in_s3(prefect_backend, s3_env, oracle_data, orac
         assert entry["detections"].startswith("s3://quantbench/bench/runs/")
         assert entry["model"].startswith("s3://quantbench/bench/models/")
     assert store.exists(key.replace("report.json", "report.csv"))
+
+
+def test_parallel_downloads_of_one_object_do_not_collide(s3_env, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_store("s3://quantbench/parallel")
+    store.write_bytes("model.tflite", b"m" * 2_000_000)
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: store.local_path("model.tflite", tmp_path / "cache"), range(8)))
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == b"m" * 2_000_000
+    assert [p.name for p in paths[0].parent.iterdir()] == ["model.tflite"]

@@ -64,4 +64,4 @@ def test_a_flex_model_without_tensorflow_fails_clearly(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert str(model) in result.stdout and "FlexCombinedNonMaxSuppression" in result.stdout
-    assert "need TensorFlow at run time" in result.stdout
+    assert "needs TensorFlow, which is not installed here" in result.stdout

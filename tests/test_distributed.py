@@ -1,0 +1,216 @@
+"""The distributed path, for real: a Prefect server on 127.0.0.1 (SQLite), the `quantbench-process`
+work pool from deployments/work-pools/process.json, the deployments of deployments/prefect.yaml,
+and worker processes. Shards run as flow runs of the per-shard deployment, each executed by a
+worker; the results must equal local mode's."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Cluster:
+    """A server, its API URL, and the worker processes started against it."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, _free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(root / "home"), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
+                    "QUANTBENCH_CACHE": str(root / "cache"), "QUANTBENCH_CODE_DIR": str(REPO)}
+        self.processes: list[subprocess.Popen] = []
+
+    def spawn(self, name: str, *command: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")
+        process = subprocess.Popen(command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def run(self, *command: str, timeout: float = 300) -> str:
+        result = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    def get(self, path: str) -> dict:
+        return httpx.get(f"{self.api}{path}", timeout=10).json()
+
+    def flow_runs(self, flow_name: str, states: list[str] | None = None) -> list[dict]:
+        body = {"flows": {"name": {"any_": [flow_name]}}}
+        if states:
+            body["flow_runs"] = {"state": {"type": {"any_": states}}}
+        return httpx.post(f"{self.api}/flow_runs/filter", json=body, timeout=10).json()
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        return self.spawn(name, PREFECT, "worker", "start", "--pool", "quantbench-process", "--name", name)
+
+    @staticmethod
+    def kill(process: subprocess.Popen) -> None:
+        """SIGKILL the process and everything it started (a worker and its flow-run processes)."""
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def benchmark(self, config: dict, timeout: float = 400) -> dict:
+        """Run the benchmark flow in a process of its own against the server; return its report."""
+        script = ("import json, sys; from flows.benchmark import BenchmarkConfig, benchmark; "
+                  "print(benchmark(BenchmarkConfig(**json.loads(sys.argv[1]))))")
+        output = self.run(sys.executable, "-c", script, json.dumps(config), timeout=timeout)
+        return _read_report(output.strip().splitlines()[-1])
+
+
+def _read_report(url: str) -> dict:
+    from urllib.parse import urlparse
+
+    return json.loads(Path(urlparse(url).path).read_text())
+
+
+def _detections(report: dict) -> dict[str, list]:
+    return {v["variant"]: sorted(_read_report(v["detections"]), key=json.dumps) for v in report["variants"]}
+
+
+def _wait(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {seconds} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    cluster.spawn("server", PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(cluster.port))
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{cluster.api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait(healthy, 90, "the Prefect server to be healthy")
+        for pool, kind in (("quantbench-process", "process"), ("quantbench-docker", "docker"), ("quantbench-k8s", "kubernetes")):
+            cluster.run(PREFECT, "work-pool", "create", pool, "--type", kind,
+                        "--base-job-template", str(REPO / "deployments" / "work-pools" / f"{kind}.json"))
+        cluster.run(PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
+        yield cluster
+    finally:
+        for process in reversed(cluster.processes):
+            cluster.kill(process)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("distributed-case")
+    annotations = write_oracle_dataset(root / "data", [(640, 480), (480, 640), (800, 600), (300, 200)] * 3, seed=5)
+    model = build_oracle_model(root / "model", oracle_tables(annotations), None)
+    return {"model": str(model), "annotations": str(annotations), "images": str(annotations.parent),
+            "variants": ["float32", "int8"], "latency_images": 3, "root": root}
+
+
+def _config(case: dict, store: Path, **changes) -> dict:
+    config = {k: v for k, v in case.items() if k != "root"}
+    return {**config, "store": str(store), **changes}
+
+
+def test_the_deployments_are_registered_with_the_nightly_schedule(cluster):
+    nightly = cluster.get("/deployments/name/quantbench-benchmark/nightly")
+    [schedule] = nightly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC" and schedule["active"]
+    assert nightly["work_pool_name"] == "quantbench-process"
+    assert nightly["parameters"]["config"]["execution"] == "deployment"
+    shard = cluster.get("/deployments/name/quantbench-shard/shard")
+    assert shard["entrypoint"] == "flows/shard.py:shard_flow"
+    assert shard["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+
+
+def test_the_container_work_pools_accept_their_job_templates(cluster):
+    docker = cluster.get("/work_pools/quantbench-docker")["base_job_template"]["variables"]["properties"]
+    kubernetes = cluster.get("/work_pools/quantbench-k8s")["base_job_template"]["variables"]["properties"]
+    assert docker["image"]["default"] == kubernetes["image"]["default"] == "quantbench:full"
+    assert kubernetes["memory_request"]["default"] == "4Gi" and kubernetes["namespace"]["default"] == "quantbench"
+    assert "QUANTBENCH_STORE" in docker["env"]["default"] and "QUANTBENCH_STORE" in kubernetes["env"]["default"]
+
+
+def test_every_shard_runs_as_a_worker_flow_run_and_results_equal_local_mode(cluster, case):
+    workers = [cluster.start_worker("worker-1"), cluster.start_worker("worker-2")]
+    try:
+        distributed = cluster.benchmark(_config(case, case["root"] / "store-distributed", execution="deployment", shard_size=3, workers=2))
+    finally:
+        for worker in workers:
+            cluster.kill(worker)
+    local = cluster.benchmark(_config(case, case["root"] / "store-local", shard_size=3))
+    assert distributed["shards"] == {"total": 8, "computed": 8, "reused": 0}
+    runs = cluster.flow_runs("quantbench-shard")
+    assert len(runs) == 8 and all(run["state_type"] == "COMPLETED" for run in runs)
+    assert all(run["work_pool_name"] == "quantbench-process" and run["parent_task_run_id"] for run in runs)
+    assert [v["bbox"] for v in distributed["variants"]] == [v["bbox"] for v in local["variants"]]
+    assert _detections(distributed) == _detections(local)
+
+
+def test_a_worker_killed_mid_shard_gets_its_shard_rerun(cluster, case):
+    before = {run["id"] for run in cluster.flow_runs("quantbench-shard")}
+    first = cluster.start_worker("worker-doomed")
+    config = _config(case, case["root"] / "store-killed", execution="deployment", shard_size=6, workers=1, shard_timeout_s=20)
+    script = ("import json, sys; from flows.benchmark import BenchmarkConfig, benchmark; "
+              "print(benchmark(BenchmarkConfig(**json.loads(sys.argv[1]))))")
+    runner = subprocess.Popen([sys.executable, "-c", script, json.dumps(config)], env=cluster.env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait(lambda: [r for r in cluster.flow_runs("quantbench-shard", ["RUNNING"]) if r["id"] not in before], 120,
+              "a shard flow run to be running on the first worker")
+        cluster.kill(first)  # the worker and the shard it was running
+        replacement = cluster.start_worker("worker-replacement")
+        output, _ = runner.communicate(timeout=300)
+    finally:
+        cluster.kill(runner)
+    assert runner.returncode == 0, output[-3000:]
+    report = _read_report(output.strip().splitlines()[-1])
+    runs = [r for r in cluster.flow_runs("quantbench-shard") if r["id"] not in before]
+    killed = {r["name"] for r in runs if r["state_type"] in ("CANCELLED", "CRASHED", "FAILED")}
+    completed = [r["name"] for r in runs if r["state_type"] == "COMPLETED"]
+    assert killed and len(completed) == len(set(completed))  # no shard ran to completion twice
+    # Every shard was completed by a flow run, or stored by the killed run just before it died
+    # (then the retry finds its output and submits nothing).
+    assert set(completed) | killed == {f"{v}-shard-{i}" for v in ("float32", "int8") for i in (0, 1)}
+    assert report["shards"]["total"] == 4
+    assert all(v["bbox"]["AP"] == 1.0 and v["images"] == 12 for v in report["variants"])
+    cluster.kill(replacement)
+
+
+def test_a_run_triggered_like_the_ui_completes_with_its_report_in_the_store(cluster, case):
+    workers = [cluster.start_worker("worker-ui-1"), cluster.start_worker("worker-ui-2")]
+    store = case["root"] / "store-ui"
+    parameters = _config(case, store, execution="deployment", shard_size=4)
+    try:
+        output = cluster.run(PREFECT, "deployment", "run", "quantbench-benchmark/nightly", "--param", f"config={json.dumps(parameters)}")
+        flow_run_id = next(word for line in output.splitlines() if "UUID" in line for word in line.split() if word.count("-") == 4)
+        _wait(lambda: cluster.get(f"/flow_runs/{flow_run_id}")["state_type"] in ("COMPLETED", "FAILED", "CRASHED"), 300,
+              "the triggered benchmark run to finish")
+    finally:
+        for worker in workers:
+            cluster.kill(worker)
+    assert cluster.get(f"/flow_runs/{flow_run_id}")["state_type"] == "COMPLETED"
+    [report_path] = store.glob("runs/*/report.json")
+    report = json.loads(report_path.read_text())
+    assert report["settings"]["execution"] == "deployment" and all(v["bbox"]["AP"] == 1.0 for v in report["variants"])

