@@ -1,9 +1,10 @@
 """The benchmark flow: convert → fan out one inference task per (variant, shard) → gather →
 latency (one variant at a time) → evaluate → report.
 
-Composition only; each stage lives in ``tasks``. Shards run in parallel threads (LiteRT's
-``invoke()`` releases the GIL). With no Prefect server configured the flow runs in Prefect's
-ephemeral mode.
+Composition only; each stage lives in ``tasks``. Shards run in parallel threads of this flow run
+(LiteRT's ``invoke()`` releases the GIL), or, with ``execution="deployment"``, as flow runs of the
+per-shard deployment (``flows/shard.py``) on a work pool. With no Prefect server configured the
+flow runs in Prefect's ephemeral mode.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tasks.latency import host_info, latency_task, load_inputs
 from tasks.models import (
     CALIBRATED_RECIPES,
     DEFAULT_VARIANTS,
+    QUANTIZER_RECIPES,
     VARIANTS,
     Calibration,
     check_saved_model,
@@ -100,7 +102,7 @@ def model_input(model: ResolvedModel) -> dict:
 
 def check_variants(model: ResolvedModel, variants: list[str], calibration_images: str | None) -> None:
     if model.kind == "tflite":
-        needs_saved_model = [v for v in variants if v not in ("float32", "weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32")]
+        needs_saved_model = [v for v in variants if v not in ("float32", *QUANTIZER_RECIPES)]
         if needs_saved_model:
             raise QuantbenchError(f"{model.source} is a .tflite: variant(s) {', '.join(needs_saved_model)} need the SavedModel; use float32 and quantizer variants")
     calibrated = [v for v in variants if v in CALIBRATED_RECIPES]
