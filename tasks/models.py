@@ -25,7 +25,6 @@ from tasks.tflite_inspect import flex_ops, op_counts, quantized_share, weights_b
 
 VARIANTS = ("saved_model", *CONVERTER_RECIPES, *QUANTIZER_RECIPES)
 DEFAULT_VARIANTS = ("saved_model", "float32", "float16", "int8")
-LITERT_VARIANTS = VARIANTS[1:]
 SIGNATURE_KEY = "serving_default"
 REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes")
 # The dtype whose weight bytes a converted variant must hold (and, quantized, shrink the file by).
@@ -181,23 +180,21 @@ def convert_variant(source_path: str, source_digest: str, variant: str, store_ur
     store = open_store(store_url)
     suffix = f"-calib{calibration.digest[:12]}" if variant in CALIBRATED_RECIPES and calibration else ""
     key = f"models/{source_digest[:20]}/{variant}-{_tool_version(variant, source_path)}{suffix}.tflite"
-    if store.exists(key):
+    stored = store.exists(key)
+    if stored:
         model = store.read_bytes(key)
-    elif source_path.endswith(".tflite"):
-        if variant == "float32":
-            model = Path(source_path).read_bytes()
-        elif variant in QUANTIZER_RECIPES:
-            model = quantize(Path(source_path).read_bytes(), variant)
-        else:
-            raise QuantbenchError(f"variant {variant} needs the SavedModel; {source_path} is a .tflite (use a quantizer variant)")
-    elif variant in QUANTIZER_RECIPES:
+    elif variant in QUANTIZER_RECIPES:  # from the float32 file, whether converted or given
         float32_store, float32_key = split_url(float32.url)
         model = quantize(float32_store.read_bytes(float32_key), variant)
+    elif source_path.endswith(".tflite"):
+        if variant != "float32":
+            raise QuantbenchError(f"variant {variant} needs the SavedModel; {source_path} is a .tflite (use a quantizer variant)")
+        model = Path(source_path).read_bytes()
     else:
         model = convert(Path(source_path), variant, list(calibration.batches) if calibration else None)
     artifact = describe(variant, model, store.url_for(key))
     verify_variant(variant, artifact.weights_by_dtype, artifact.model_bytes, float32.model_bytes if float32 else None)
-    if not store.exists(key):
+    if not stored:
         store.write_bytes(key, model)
     return artifact
 
