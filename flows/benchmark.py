@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import secrets
+import struct
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.calibration import calibration_task
+from tasks.calibration import calibration_files, calibration_task
 from tasks.coverage import compare_task
 from tasks.dataset import Dataset, load_dataset, make_shards
 from tasks.errors import QuantbenchError
@@ -41,6 +42,7 @@ from tasks.models import (
 from tasks.report import VariantResult, report_task
 from tasks.runtimes import LiteRTRuntime, prepare_input
 from tasks.sources import ResolvedModel, resolve_model, shown
+from tasks.store import open_store
 
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 
@@ -92,10 +94,17 @@ def resolve_inputs(config: BenchmarkConfig) -> tuple[ResolvedModel, str, str, st
 
 
 def model_input(model: ResolvedModel) -> dict:
-    """The model's image input: ``{"name", "dtype", "shape"}`` (-1 for dynamic dimensions)."""
+    """The model's image input: ``{"name", "dtype", "shape"}`` (-1 for dynamic dimensions).
+
+    Parses the model (``saved_model.pb``, or the ``.tflite`` in an interpreter), so a corrupt
+    file fails here with one line."""
     if model.kind == "saved_model":
         return check_saved_model(model.path)
-    runtime = LiteRTRuntime(model.path)
+    try:
+        runtime = LiteRTRuntime(model.path)
+    except (ValueError, RuntimeError, struct.error) as error:  # struct.error: the flatbuffer reader
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise QuantbenchError(f"{model.path} is not a valid .tflite model ({reason}); pass a LiteRT flatbuffer") from None
     height, width = runtime.fixed_size or (-1, -1)
     return {"name": runtime.input_name, "dtype": "uint8", "shape": [1, height, width, 3]}
 
@@ -127,6 +136,7 @@ def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -
 def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     """Benchmark every requested variant of a detector on a COCO dataset; return report.json's URL."""
     logger = get_run_logger()
+    open_store(config.store).check_writable()
     model, annotations, images, calibration_images = resolve_inputs(config)
     variants = [v for v in VARIANTS if v in config.variants]
     check_variants(model, variants, calibration_images)
@@ -152,7 +162,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
 
     label_map = dataset.category_ids if config.class_ids == "index0" else None
     jobs = [
-        ShardJob(v, artifacts[v].url, model.digest, dataset.digest, dataset.images_url, shard, config.store,
+        ShardJob(v, artifacts[v].url, model.digest, dataset.annotations_digest, dataset.images_url, shard, config.store,
                  config.threads, config.min_score, dataset.category_ids, label_map)
         for v in variants
         for shard in shards
@@ -172,6 +182,12 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     results = []
     for variant in variants:
         gathered = gather_variant_task(variant, [o for o in outputs if o.variant == variant], expected_ids, config.store, run_prefix)
+        if not gathered.done_image_ids:
+            first = gathered.failed[0]
+            raise QuantbenchError(
+                f"{variant}: none of the {len(expected_ids)} images could be evaluated (e.g. image {first['image_id']} "
+                f"{first['file_name']}: {first['reason']}); no report was published: fix the images and rerun"
+            )
         latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads, config.latency_images)
         differences = {} if variant == "float32" else compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration)
         metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids))
@@ -194,8 +210,13 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
 
 
 def validate(config: BenchmarkConfig) -> None:
-    """Fail fast, before any flow starts, on a bad model or dataset (one-line errors)."""
+    """Fail fast, before any flow starts, with one line: the store (reachable, bucket exists,
+    writable), the model (parses, right signature), the dataset, the calibration images
+    (readable, disjoint from the evaluation images by content)."""
+    open_store(config.store).check_writable()
     model, annotations, images, calibration_images = resolve_inputs(config)
     check_variants(model, list(config.variants), calibration_images)
     model_input(model)
-    load_dataset(annotations, images, config.limit)
+    dataset = load_dataset(annotations, images, config.limit)
+    if calibration_images:
+        calibration_files(calibration_images, config.calibration_count, dataset)

@@ -1,18 +1,25 @@
 """Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
 ``quantbench results list|show|fetch`` browses the runs in a store (``tasks.results``).
 
-Bad input ends with one line ``error: …`` on stderr and exit status 2.
+Bad input ends with one line ``error: …`` on stderr and exit status 2; any other failure (an
+outage that outlasted the retries, a bug) with one ``error: …`` line and exit status 1. Python
+tracebacks stay in the Prefect flow-run log; ``--verbose`` shows them on the terminal too.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import os
 import sys
 from pathlib import Path
 
+# Offline runs must not log "Failed to send telemetry": no usage analytics from the ephemeral server.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 from pydantic import ValidationError
 
-from tasks.errors import QuantbenchError
+from tasks.errors import QuantbenchError, TransientError
 from tasks.models import DEFAULT_VARIANTS, VARIANTS
 
 
@@ -36,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="detection_classes are category ids (default, TF OD API) or 0-based indices into the sorted category ids")
     run.add_argument("--calibration-images", help="folder of images disjoint from the evaluation set (int8_full, int16x8)")
     run.add_argument("--calibration-count", type=int, help="calibration images used (default 32)")
+    run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
     _results_parser(commands)
     return parser
 
@@ -60,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "results":
         return _results(args)
-    options = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose") and v is not None}
+    if not args.verbose:
+        _tracebacks_off_the_terminal()
     try:
         from flows.benchmark import BenchmarkConfig, benchmark, validate
 
@@ -72,13 +82,52 @@ def main(argv: list[str] | None = None) -> int:
         where = ".".join(str(p) for p in first["loc"]) or "options"
         print(f"error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
         return 2
+    except TransientError as error:  # the retries are spent: the store is still out
+        return _fail(args, f"{error}; the run failed and published no report, rerun when it is back (stored shards are reused)", 1)
     except QuantbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args, str(error), 2)
+    except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
+        return _fail(args, f"{type(error).__name__}: {error}", 1)
     print(_table(url))
     print(f"report: {url}")
     logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
     return 0
+
+
+def _fail(args: argparse.Namespace, message: str, status: int) -> int:
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as ``inner`` does, without its traceback (the record itself is untouched,
+    so the Prefect API handler still sends the full traceback to the flow-run log)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = copy.copy(record)
+        bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
+        return self.inner.format(bare)
+
+
+def _tracebacks_off_the_terminal() -> None:
+    """Keep Python tracebacks out of Prefect's console output (one line per error on the terminal)."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def _results(args: argparse.Namespace) -> int:

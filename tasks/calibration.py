@@ -2,7 +2,8 @@
 ``int16x8``) and the fixed batch on which every variant's outputs are compared with float32.
 
 They come from a folder (local or ``s3://``) of JPEG/PNG files that must be disjoint from the
-evaluation images: calibrating on the test set would flatter the quantized model. The embedded
+evaluation images — by content, not only by name: calibrating on the test set would flatter the
+quantized model. The embedded
 demo uses its own ``calib`` split (generated with a seed of its own).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.dataset import Dataset, decode_rgb
-from tasks.errors import STORE_RETRIES, QuantbenchError
+from tasks.errors import STORE_RETRIES, ImageDecodeError, QuantbenchError
 from tasks.models import Calibration
 from tasks.runtimes import prepare_input
 from tasks.store import open_store
@@ -21,25 +22,41 @@ from tasks.store import open_store
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def load_calibration(images_url: str, count: int, fixed_size: tuple[int, int] | None, evaluation: Dataset) -> Calibration:
-    """The first ``count`` images (by file name) of ``images_url`` as model-ready uint8 batches."""
+def calibration_files(images_url: str, count: int, evaluation: Dataset) -> list[tuple[str, bytes]]:
+    """The first ``count`` images (by file name) of ``images_url``: ``(name, bytes)``.
+
+    Refuses any that is an evaluation image, by content, wherever it lies: its SHA-256 equals a
+    local evaluation image's, or its MD5 and size equal an S3 evaluation image's single-part ETag
+    and size (the evaluation fingerprints of :func:`tasks.dataset.load_dataset`).
+    """
     store = open_store(images_url)
     names = [key for key in store.list_keys() if key.lower().endswith(IMAGE_SUFFIXES)][:count]
     if not names:
         raise QuantbenchError(f"no .jpg/.png images in calibration folder {images_url}")
-    same_folder = open_store(evaluation.images_url).url == store.url
-    overlap = same_folder and {r.file_name for r in evaluation.images} & set(names)
-    if overlap:
-        raise QuantbenchError(
-            f"calibration images overlap the evaluation images (e.g. {sorted(overlap)[0]} in {images_url}); "
-            "pass --calibration-images, a folder of other images"
-        )
-    digest, batches = hashlib.sha256(), []
+    evaluation_images = {record.fingerprint: record.file_name for record in evaluation.images}
+    files = []
     for name in names:
         data = store.read_bytes(name)
+        for fingerprint in (f"sha256:{hashlib.sha256(data).hexdigest()}", f"etag:{hashlib.md5(data).hexdigest()}-{len(data)}"):
+            if fingerprint in evaluation_images:
+                raise QuantbenchError(
+                    f"calibration images overlap the evaluation images: {name} in {images_url} has the content of "
+                    f"evaluation image {evaluation_images[fingerprint]}; pass --calibration-images, a folder of other images"
+                )
+        files.append((name, data))
+    return files
+
+
+def load_calibration(images_url: str, count: int, fixed_size: tuple[int, int] | None, evaluation: Dataset) -> Calibration:
+    """The calibration images (see :func:`calibration_files`) as model-ready uint8 batches."""
+    digest, batches = hashlib.sha256(), []
+    for name, data in calibration_files(images_url, count, evaluation):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-        batches.append(prepare_input(decode_rgb(data), fixed_size))
-    return Calibration(source=f"{len(names)} images from {store.url}", digest=digest.hexdigest(), batches=tuple(batches))
+        try:
+            batches.append(prepare_input(decode_rgb(data), fixed_size))
+        except ImageDecodeError as error:
+            raise QuantbenchError(f"calibration image {name} in {images_url} cannot be used: {error}") from None
+    return Calibration(source=f"{len(batches)} images from {open_store(images_url).url}", digest=digest.hexdigest(), batches=tuple(batches))
 
 
 @task(name="calibration", cache_policy=NO_CACHE, **STORE_RETRIES)

@@ -2,37 +2,45 @@
 
 Images are taken in ascending ``image_id`` order; ``limit`` keeps the first N; shards are
 consecutive runs of ``shard_size`` images, so the same inputs always give the same shards.
+Each chosen image is fingerprinted when the dataset is loaded (local: SHA-256 of the file; S3:
+ETag and size from one listing, nothing downloaded; ``missing`` when absent), so a result is
+only ever reused for the very same image content.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from tasks.errors import QuantbenchError
+from tasks.errors import ImageDecodeError, QuantbenchError
 from tasks.store import open_store, split_url
+
+MISSING = "missing"  # the fingerprint of an image file that does not exist
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of the dataset: COCO id, file name under the image folder, size in pixels."""
+    """One image of the dataset: COCO id, file name under the image folder, size in pixels, and
+    the fingerprint of its file's content (``sha256:…``, ``etag:…`` or ``missing``)."""
 
     id: int
     file_name: str
     width: int
     height: int
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
 class Dataset:
     annotations_url: str
     images_url: str
-    digest: str  # SHA-256 of the annotations file's bytes + the chosen image ids
+    annotations_digest: str  # SHA-256 of the annotations file's bytes + the chosen image ids
+    digest: str  # SHA-256 of the above + every chosen image's fingerprint: the dataset's identity
     images: tuple[ImageRecord, ...]
     category_ids: tuple[int, ...]
 
@@ -54,7 +62,9 @@ def _read_annotations(annotations: str) -> bytes:
 
 
 def load_dataset(annotations: str, images: str, limit: int | None = None) -> Dataset:
-    """Read and validate the annotations; keep the first ``limit`` images by id."""
+    """Read and validate the annotations; keep the first ``limit`` images by id; fingerprint them."""
+    if "://" not in annotations and Path(annotations).is_dir():
+        raise QuantbenchError(f"--annotations {annotations} is a folder: pass the COCO instances JSON file (e.g. instances_val2017.json)")
     raw = _read_annotations(annotations)
     try:
         document = json.loads(raw)
@@ -71,13 +81,16 @@ def load_dataset(annotations: str, images: str, limit: int | None = None) -> Dat
         raise QuantbenchError(f"image folder not found: {images} (pass --images, the folder the file_names are in)")
     if limit is not None and limit < 1:
         raise QuantbenchError(f"--limit must be at least 1, got {limit}")
-    chosen = tuple(sorted(records, key=lambda r: r.id)[:limit])
+    chosen = sorted(records, key=lambda r: r.id)[:limit]
     if not chosen:
         raise QuantbenchError(f"{annotations} lists no images")
-    digest = hashlib.sha256(raw + json.dumps([r.id for r in chosen]).encode()).hexdigest()
     images_url = images if "://" in images else str(Path(images).resolve())
     annotations_url = annotations if "://" in annotations else str(Path(annotations).resolve())
-    return Dataset(annotations_url, images_url, digest, chosen, category_ids)
+    found = open_store(images_url).fingerprints([r.file_name for r in chosen])
+    chosen = tuple(replace(r, fingerprint=found.get(r.file_name, MISSING)) for r in chosen)
+    annotations_digest = hashlib.sha256(raw + json.dumps([r.id for r in chosen]).encode()).hexdigest()
+    digest = hashlib.sha256(annotations_digest.encode() + json.dumps([r.fingerprint for r in chosen]).encode()).hexdigest()
+    return Dataset(annotations_url, images_url, annotations_digest, digest, chosen, category_ids)
 
 
 def make_shards(dataset: Dataset, shard_size: int) -> list[Shard]:
@@ -99,10 +112,19 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
     EXIF orientation is not applied: COCO boxes refer to the stored pixel grid, as in the
     TF Object Detection API's decoder. Alpha is dropped (colour channels kept as stored).
+    Raises ImageDecodeError with a readable reason (``empty file``, ``not an image …``,
+    the decoder's own message for truncated or corrupt files).
     """
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # decode now, so a truncated or corrupt file fails here
-        return np.asarray(image.convert("RGB"))
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decode now, so a truncated or corrupt file fails here
+            return np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not an image in a format Pillow reads ({len(data)} bytes starting {data[:8]!r})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"{type(error).__name__}: {error}") from None
 
 
 def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

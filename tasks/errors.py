@@ -6,7 +6,21 @@ class QuantbenchError(Exception):
 
 
 class TransientError(QuantbenchError):
-    """A failure that may pass by itself (a store unreachable or overloaded): tasks retry on it."""
+    """A failure that may pass by itself (a store unreachable or overloaded): tasks retry on it.
+
+    Never a property of the data: nothing derived from it is stored or reported as a result."""
+
+
+class NotFoundError(QuantbenchError):
+    """The object or file does not exist (a store answered so): for an image, a per-image failure."""
+
+
+class ImageDecodeError(QuantbenchError):
+    """An image's bytes are not a decodable image (empty, truncated, corrupt, unknown format)."""
+
+
+# The only per-image failures: the image itself is missing or bad. Anything else fails the shard.
+IMAGE_FAILURES = (NotFoundError, ImageDecodeError)
 
 
 def retry_on_transient(task, task_run, state) -> bool:

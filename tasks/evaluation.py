@@ -66,15 +66,23 @@ def _results(gt: COCO, detections: list[dict], iou_type: str = "bbox") -> COCO:
     return empty
 
 
+def defined(value: float) -> float | None:
+    """A COCOeval number, or None where COCO defines none (its -1 sentinel): never compute with -1."""
+    return float(value) if value > -1 else None
+
+
 def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: str = "bbox") -> dict:
     """The 12 COCO summary stats and per-category AP (IoU .5:.95, all areas, 100 dets).
 
     ``iou_type`` is ``"bbox"`` or ``"segm"`` (the detections' ``segmentation`` RLEs, judged with
     mask areas). Returns ``{"stats": {name: value}, "per_category_AP": {category name: AP},
-    "images": n}``; a stat is -1 where COCO defines none (no ground truth in that area range).
+    "images": n}``; a value is None where COCO defines none (pycocotools' -1: no ground truth in
+    that area range or category), and every stat is None when no image was evaluated.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, not {iou_type!r}")
+    if not image_ids:
+        return {"stats": dict.fromkeys(STAT_NAMES), "per_category_AP": {c["name"]: None for c in gt.dataset["categories"]}, "images": 0}
     evaluator = COCOeval(gt, _results(gt, detections, iou_type), iou_type)
     evaluator.params.imgIds = sorted(image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -86,9 +94,9 @@ def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: s
     for k, category_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
-        per_category[gt.cats[category_id]["name"]] = float(np.mean(values)) if values.size else -1.0
+        per_category[gt.cats[category_id]["name"]] = float(np.mean(values)) if values.size else None
     return {
-        "stats": {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)},
+        "stats": {name: defined(value) for name, value in zip(STAT_NAMES, evaluator.stats)},
         "per_category_AP": per_category,
         "images": len(image_ids),
     }

@@ -1,8 +1,15 @@
 """Inference of one (variant, shard): load the model once, run every image, store COCO results.
 
 A shard's output is stored under a key derived from everything that decides its content (model
-digest, variant and its model file, dataset digest, the shard's image ids, score threshold), so a
-rerun finds and reuses it and outputs of different models or settings never mix.
+digest, variant and its model file, annotations digest, each image's id and content fingerprint,
+score threshold, label map), so a rerun finds and reuses it and outputs of different models,
+images or settings never mix.
+
+What a shard records as a failed image is only ever about that image: its file does not exist,
+or it does not decode (empty, truncated, corrupt). Any other error — a store that cannot be
+reached, a 5xx, a timeout — fails the whole shard before anything is stored, and the task is
+retried. A stored output that lists failed images is used for the run that made it, but never
+reused by a later run: the next run computes that shard again.
 """
 from __future__ import annotations
 
@@ -13,13 +20,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import UnidentifiedImageError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.coco_format import od_api_to_coco
 from tasks.dataset import ImageReader, Shard, decode_rgb
-from tasks.errors import STORE_RETRIES, QuantbenchError
+from tasks.errors import IMAGE_FAILURES, STORE_RETRIES
 from tasks.runtimes import open_runtime, prepare_input
 from tasks.store import open_store, split_url
 
@@ -44,7 +50,7 @@ class ShardJob:
     variant: str
     model_url: str
     model_digest: str
-    dataset_digest: str
+    annotations_digest: str  # Dataset.annotations_digest: annotations bytes + chosen image ids
     images_url: str
     shard: Shard
     store_url: str
@@ -58,8 +64,8 @@ class ShardJob:
             "model_digest": self.model_digest,
             "variant": self.variant,
             "model_file": self.model_url.rsplit("/", 1)[-1],
-            "dataset_digest": self.dataset_digest,
-            "image_ids": [record.id for record in self.shard.images],
+            "annotations_digest": self.annotations_digest,
+            "images": [[record.id, record.fingerprint] for record in self.shard.images],
             "min_score": self.min_score,
             "label_map": self.label_map,
         }
@@ -82,12 +88,18 @@ class ShardOutput:
     reused: bool
 
 
-def stored_shard_output(job: ShardJob, store, reused: bool = True) -> ShardOutput | None:
-    """The summary of the job's stored output, or None if it has none yet."""
+def stored_shard_output(job: ShardJob, store, reused: bool = True, with_failures: bool = False) -> ShardOutput | None:
+    """The summary of the job's stored output, or None if it has none yet.
+
+    An output that recorded failed images counts as absent (it is computed again) unless
+    ``with_failures``: failures are never reused as final, only read back by the run that made them.
+    """
     key = job.output_key()
     if not store.exists(key):
         return None
     stored = store.read_json(key)
+    if stored["failed"] and not with_failures:
+        return None
     return ShardOutput(job.variant, job.shard.index, key, len(stored["done_image_ids"]), len(stored["failed"]),
                        len(stored["detections"]), stored["outside_categories"], 0.0, reused=reused)
 
@@ -95,8 +107,8 @@ def stored_shard_output(job: ShardJob, store, reused: bool = True) -> ShardOutpu
 def infer_shard(job: ShardJob) -> ShardOutput:
     """Run ``job``'s model over its shard; store ``{"detections", "done_image_ids", "failed"}``.
 
-    An image that cannot be read or decoded is recorded in ``failed`` with the reason and the
-    shard goes on; a model failure stops the shard.
+    An image that does not exist or does not decode is recorded in ``failed`` with the reason and
+    the shard goes on; any other error (the store, the model) stops the shard and stores nothing.
     """
     store = open_store(job.store_url)
     stored = stored_shard_output(job, store)
@@ -110,8 +122,8 @@ def infer_shard(job: ShardJob) -> ShardOutput:
     for record in job.shard.images:
         try:
             pixels = decode_rgb(reader.read(record))
-        except (QuantbenchError, OSError, UnidentifiedImageError, ValueError) as error:
-            failed.append({"image_id": record.id, "file_name": record.file_name, "reason": f"{type(error).__name__}: {error}"})
+        except IMAGE_FAILURES as error:
+            failed.append({"image_id": record.id, "file_name": record.file_name, "reason": str(error)})
             continue
         runtime.set_input(prepare_input(pixels, runtime.fixed_size))
         runtime.invoke()
@@ -188,7 +200,7 @@ def run_shard_deployment(job: ShardJob, deployment: str, job_variables: dict, ti
             with get_client(sync_client=True) as client:
                 client.set_flow_run_state(flow_run.id, Cancelled(message="quantbench: shard timed out"), force=True)
         raise RuntimeError(f"shard flow run {flow_run.name} ended {flow_run.state.type.value if flow_run.state else 'without a state'}")
-    output = stored_shard_output(job, store, reused=False)
+    output = stored_shard_output(job, store, reused=False, with_failures=True)
     if output is None:
         raise RuntimeError(f"shard flow run {flow_run.name} completed but stored nothing at {store.url_for(job.output_key())}")
     get_run_logger().info("%s shard %d: done by flow run %s", job.variant, job.shard.index, flow_run.name)

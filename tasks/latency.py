@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.dataset import ImageReader, ImageRecord, decode_rgb
-from tasks.errors import STORE_RETRIES, QuantbenchError
+from tasks.errors import IMAGE_FAILURES, STORE_RETRIES, QuantbenchError
 from tasks.inference import local_model_path
 from tasks.runtimes import open_runtime, prepare_input
 
@@ -58,16 +58,17 @@ def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], th
 
 def load_inputs(images_url: str, records: list[ImageRecord], count: int) -> list[np.ndarray]:
     """Decode the first ``count`` readable images (decoding is outside the timed region)."""
-    reader, inputs = ImageReader(images_url), []
+    reader, inputs, failures = ImageReader(images_url), [], []
     for record in records:
         if len(inputs) == count:
             break
         try:
             inputs.append(decode_rgb(reader.read(record)))
-        except (QuantbenchError, OSError, ValueError):
-            continue
+        except IMAGE_FAILURES as error:
+            failures.append(f"image {record.id} {record.file_name}: {error}")
     if not inputs:
-        raise QuantbenchError(f"no readable image in {images_url} to measure latency with")
+        raise QuantbenchError(f"none of the {len(records)} images in {images_url} can be read and decoded "
+                              f"(e.g. {failures[0]}): fix the images and rerun")
     return inputs
 
 

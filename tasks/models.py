@@ -72,8 +72,13 @@ def check_saved_model(model_dir: Path) -> dict:
         raise QuantbenchError(f"model directory not found: {model_dir} (pass --model DIR, a TensorFlow SavedModel)")
     if not graph_file.is_file():
         raise QuantbenchError(f"{model_dir} is not a TensorFlow SavedModel: no saved_model.pb in it")
+    from google.protobuf.message import DecodeError
+
     saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString(graph_file.read_bytes())
+    try:
+        saved.ParseFromString(graph_file.read_bytes())
+    except (DecodeError, RuntimeWarning) as error:
+        raise QuantbenchError(f"{graph_file} is not a valid SavedModel: it does not parse ({error}); re-export or re-download the model") from None
     signatures = {key: sig for meta in saved.meta_graphs for key, sig in meta.signature_def.items()}
     if SIGNATURE_KEY not in signatures:
         found = ", ".join(sorted(k for k in signatures if not k.startswith("__"))) or "none"

@@ -60,10 +60,15 @@ def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
         entry["segm_per_category_AP"] = result.metrics["segm"]["per_category_AP"]
     if float32 is not None:
         entry["size_vs_float32"] = result.artifact.model_bytes / float32.artifact.model_bytes
-        entry["delta_AP_vs_float32"] = stats["AP"] - float32.metrics["stats"]["AP"]
+        entry["delta_AP_vs_float32"] = difference(stats["AP"], float32.metrics["stats"]["AP"])
         if "segm" in result.metrics and "segm" in float32.metrics:
-            entry["delta_mask_AP_vs_float32"] = result.metrics["segm"]["stats"]["AP"] - float32.metrics["segm"]["stats"]["AP"]
+            entry["delta_mask_AP_vs_float32"] = difference(result.metrics["segm"]["stats"]["AP"], float32.metrics["segm"]["stats"]["AP"])
     return entry
+
+
+def difference(value: float | None, reference: float | None) -> float | None:
+    """``value - reference``, or None when either is undefined (None: no image, no ground truth)."""
+    return None if value is None or reference is None else value - reference
 
 
 def build_report(run: dict, results: list[VariantResult]) -> dict:
@@ -98,8 +103,11 @@ def report_table(report: dict) -> pd.DataFrame:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Markdown table: 3 decimals, 4 for ΔAP (quantization often moves AP by less than 0.001)."""
-    return table.to_markdown(index=False, floatfmt=tuple("+.4f" if c == "dAP_vs_fp32" else ".3f" for c in table.columns))
+    """Markdown table: 3 decimals, 4 for ΔAP (quantization often moves AP by less than 0.001);
+    ``n/a`` where a value is undefined."""
+    cells = table.astype(object).where(table.notna(), None)
+    return cells.to_markdown(index=False, missingval="n/a",
+                             floatfmt=tuple("+.4f" if c == "dAP_vs_fp32" else ".3f" for c in table.columns))
 
 
 def markdown_report(report: dict, table: pd.DataFrame) -> str:
@@ -112,7 +120,7 @@ def markdown_report(report: dict, table: pd.DataFrame) -> str:
         f"- latency: invoke() only, {settings['latency_images']} runs after warm-up, {settings['threads']} thread(s), "
         f"one variant at a time; host {host['cpu']} ({host['usable_cpus']} usable CPUs)",
         "- AP: COCO mAP@[.5:.95] (pycocotools, bbox) on the images each variant processed; "
-        "-1 means the dataset has no ground truth in that size range",
+        "n/a where COCO defines none (no ground truth in that size range)",
         "",
         format_table(table),
         "",
@@ -137,7 +145,7 @@ def publish_report(report: dict, store_url: str, run_prefix: str) -> str:
     """Write report.json/.csv/.md under ``run_prefix``; return the URL of report.json."""
     store = open_store(store_url)
     table = report_table(report)
-    store.write_bytes(f"{run_prefix}/report.csv", table.to_csv(index=False).encode())
+    store.write_bytes(f"{run_prefix}/report.csv", table.to_csv(index=False, na_rep="n/a").encode())
     store.write_bytes(f"{run_prefix}/report.md", markdown_report(report, table).encode())
     return store.write_json(f"{run_prefix}/report.json", report, indent=2)
 

@@ -44,8 +44,11 @@ def write_oracle_dataset(folder: Path, sizes: list[tuple[int, int]], seed: int =
     return path
 
 
-def oracle_tables(annotations_path: Path, max_detections: int = 8) -> dict[str, np.ndarray]:
-    """Per image (in id order): int boxes [n, K, 4] (normalised yxyx × SCALE), int scores, ids, counts."""
+def oracle_tables(annotations_path: Path, max_detections: int = 8, convention: str = "yxyx") -> dict[str, np.ndarray]:
+    """Per image (in id order): int boxes [n, K, 4] (normalised yxyx × SCALE), int scores, ids, counts.
+
+    ``convention="xywh"`` makes a model with the study's bug: it emits normalised COCO-style
+    ``[x, y, width, height]`` where the TF OD API contract says ``[ymin, xmin, ymax, xmax]``."""
     document = json.loads(annotations_path.read_text())
     images = sorted(document["images"], key=lambda i: i["id"])
     n = len(images)
@@ -56,6 +59,9 @@ def oracle_tables(annotations_path: Path, max_detections: int = 8) -> dict[str, 
         counts[k] = len(gt)
         if gt:
             normalised = coco_to_od_api_boxes([a["bbox"] for a in gt], image["width"], image["height"])
+            if convention == "xywh":
+                xywh = np.asarray([a["bbox"] for a in gt], dtype=np.float64)
+                normalised = xywh / [image["width"], image["height"], image["width"], image["height"]]
             boxes[k, : len(gt)] = np.round(normalised * SCALE)
             scores[k, : len(gt)] = SCALE - np.arange(len(gt))  # distinct, descending scores
             classes[k, : len(gt)] = [a["category_id"] for a in gt]

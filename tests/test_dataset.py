@@ -33,7 +33,9 @@ def test_any_image_mode_decodes_to_rgb(mode, fmt):
 
 
 def test_corrupt_bytes_raise_instead_of_returning_garbage():
-    with pytest.raises(OSError):
+    from tasks.errors import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError):
         decode_rgb(b"\xff\xd8\xff\xe0 not really a jpeg")
 
 

@@ -5,95 +5,19 @@ worker; the results must equal local mode's."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Cluster:
-    """A server, its API URL, and the worker processes started against it."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, _free_port()
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**os.environ, "PREFECT_HOME": str(root / "home"), "PREFECT_API_URL": self.api,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
-                    "QUANTBENCH_CACHE": str(root / "cache"), "QUANTBENCH_CODE_DIR": str(REPO)}
-        self.processes: list[subprocess.Popen] = []
-
-    def spawn(self, name: str, *command: str) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")
-        process = subprocess.Popen(command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append(process)
-        return process
-
-    def run(self, *command: str, timeout: float = 300) -> str:
-        result = subprocess.run(command, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stdout
-
-    def get(self, path: str) -> dict:
-        return httpx.get(f"{self.api}{path}", timeout=10).json()
-
-    def flow_runs(self, flow_name: str, states: list[str] | None = None) -> list[dict]:
-        body = {"flows": {"name": {"any_": [flow_name]}}}
-        if states:
-            body["flow_runs"] = {"state": {"type": {"any_": states}}}
-        return httpx.post(f"{self.api}/flow_runs/filter", json=body, timeout=10).json()
-
-    def start_worker(self, name: str) -> subprocess.Popen:
-        return self.spawn(name, PREFECT, "worker", "start", "--pool", "quantbench-process", "--name", name)
-
-    @staticmethod
-    def kill(process: subprocess.Popen) -> None:
-        """SIGKILL the process and everything it started (a worker and its flow-run processes)."""
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def benchmark(self, config: dict, timeout: float = 400) -> dict:
-        """Run the benchmark flow in a process of its own against the server; return its report."""
-        script = ("import json, sys; from flows.benchmark import BenchmarkConfig, benchmark; "
-                  "print(benchmark(BenchmarkConfig(**json.loads(sys.argv[1]))))")
-        output = self.run(sys.executable, "-c", script, json.dumps(config), timeout=timeout)
-        return _read_report(output.strip().splitlines()[-1])
-
-
-def _read_report(url: str) -> dict:
-    from urllib.parse import urlparse
-
-    return json.loads(Path(urlparse(url).path).read_text())
+from tests.prefect_server import PREFECT, REPO, Cluster, read_report as _read_report, wait_for as _wait
 
 
 def _detections(report: dict) -> dict[str, list]:
     return {v["variant"]: sorted(_read_report(v["detections"]), key=json.dumps) for v in report["variants"]}
-
-
-def _wait(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {seconds} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +124,7 @@ def test_a_worker_killed_mid_shard_gets_its_shard_rerun(cluster, case):
 
 def test_a_run_triggered_like_the_ui_completes_with_its_report_in_the_store(cluster, case):
     workers = [cluster.start_worker("worker-ui-1"), cluster.start_worker("worker-ui-2")]
-    store = case["root"] / "store-ui"
+    store = case["root"] / "store ui ü"  # a path with a space and a non-ASCII character, through a deployment
     parameters = _config(case, store, execution="deployment", shard_size=4)
     try:
         output = cluster.run(PREFECT, "deployment", "run", "quantbench-benchmark/nightly", "--param", f"config={json.dumps(parameters)}")

@@ -1,9 +1,11 @@
 """Faults during a run: a worker killed with SIGKILL mid-shard, the S3 server stopped and started
-again. Each disturbed run must end (after a rerun if need be) with the same AP and the same
-detections per image as an undisturbed run: nothing lost, nothing duplicated."""
+again (results store, or the images themselves). Each disturbed run must end (after a rerun if
+need be) with the same AP and the same detections per image as an undisturbed run: nothing lost,
+nothing duplicated, and an outage never recorded as a bad image."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ def slow_case(tmp_path_factory) -> dict:
 
 def _cli(case: dict, store: str, work: Path, env: dict | None = None) -> subprocess.Popen:
     arguments = ["run", "--model", str(case["model"]), "--annotations", str(case["annotations"]),
-                 "--images", str(case["annotations"].parent), "--variants", "float32", "--shard-size", "2",
+                 "--images", str(case["images"] if "images" in case else case["annotations"].parent), "--variants", "float32", "--shard-size", "2",
                  "--workers", "1", "--latency-images", "3", "--store", store]
     environment = {**os.environ, **(env or {}), "PREFECT_HOME": str(work / "prefect"), "QUANTBENCH_CACHE": str(work / "cache")}
     environment.pop("PREFECT_API_URL", None)
@@ -127,3 +129,57 @@ def test_s3_server_stopped_and_restarted_during_a_run(slow_case, undisturbed, tm
         server.stop()
     assert report["variants"][0]["bbox"] == undisturbed[0]["variants"][0]["bbox"]
     assert per_image == undisturbed[1]
+
+
+def test_s3_hosted_images_through_a_15_s_outage_are_never_recorded_as_bad(slow_case, undisturbed, tmp_path, monkeypatch):
+    """Images and annotations in S3; the server stopped for 15 s while shards run, then restarted.
+    The run rides it out through the task retries, or fails with one line having stored no shard
+    output with failures; either way the (re)run's report equals the undisturbed run's."""
+    (tmp_path / "s3").mkdir()
+    server = S3Process(tmp_path / "s3")
+    for name, value in server.start().env().items():
+        monkeypatch.setenv(name, value)
+    data = open_store("s3://quantbench/coco")
+    for path in slow_case["annotations"].parent.iterdir():
+        data.write_bytes(path.name, path.read_bytes())
+    case = {**slow_case, "annotations": "s3://quantbench/coco/instances.json", "images": "s3://quantbench/coco"}
+    store = tmp_path / "store"
+    shards = store / "shards" / "float32"
+    try:
+        process = _cli(case, str(store), tmp_path / "run")
+        _wait_for_shards(lambda: len(list(shards.glob("*.json"))) if shards.is_dir() else 0, 1, process)
+        server.stop()
+        time.sleep(15)
+        server.start()
+        code, output = _finish(process)
+        assert "cannot reach S3" in output, "the outage did not hit the run"
+        for shard in shards.glob("*.json"):
+            assert json.loads(shard.read_text())["failed"] == [], shard
+        if code != 0:
+            assert output.strip().splitlines()[-1].startswith("error: cannot reach S3"), output[-3000:]
+            assert not list(store.glob("runs/*/report.json"))
+            code, output = _finish(_cli(case, str(store), tmp_path / "rerun"))
+        assert code == 0, output[-3000:]
+        report, per_image = _results(output)
+    finally:
+        server.stop()
+    assert report["variants"][0]["failed_images"] == 0
+    assert report["variants"][0]["bbox"] == undisturbed[0]["variants"][0]["bbox"]
+    assert per_image == undisturbed[1]
+
+
+def test_an_unreachable_image_store_fails_the_shard_and_stores_nothing(s3_env, monkeypatch, oracle_data, oracle_models, tmp_path):
+    from tasks.dataset import load_dataset, make_shards
+    from tasks.errors import TransientError
+    from tasks.inference import ShardJob, infer_shard
+
+    dataset = load_dataset(str(oracle_data), str(oracle_data.parent))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    job = ShardJob("saved_model", str(oracle_models["fixed"]), "oracle", dataset.annotations_digest, "s3://quantbench/images",
+                   make_shards(dataset, 4)[0], (tmp_path / "store").as_uri())
+    with pytest.raises(TransientError, match="cannot reach S3"):
+        infer_shard(job)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("*.json"))

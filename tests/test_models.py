@@ -54,7 +54,7 @@ def test_litert_inference_does_not_import_tensorflow(oracle_data, oracle_models,
     model = tmp_path / "int8.tflite"
     model.write_bytes(convert(oracle_models["dynamic"], "int8"))
     dataset = load_dataset(str(oracle_data), str(oracle_data.parent))
-    job = ShardJob("int8", str(model), "oracle", dataset.digest, dataset.images_url, make_shards(dataset, 8)[0], (tmp_path / "store").as_uri())
+    job = ShardJob("int8", str(model), "oracle", dataset.annotations_digest, dataset.images_url, make_shards(dataset, 8)[0], (tmp_path / "store").as_uri())
     script = (
         "import sys, pickle; from tasks.inference import infer_shard; "
         f"out = infer_shard(pickle.loads({__import__('pickle').dumps(job)!r})); "

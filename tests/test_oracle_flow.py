@@ -7,6 +7,7 @@ import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
 from tasks.models import DEFAULT_VARIANTS
+from tests.oracle import build_oracle_model, oracle_tables
 
 
 def _read(url: str):
@@ -32,6 +33,18 @@ def test_oracle_scores_ap_1_for_every_variant(prefect_backend, oracle_data, orac
         assert {d["image_id"] for d in detections} == {1000 + 7 * k for k in range(8)}
     sizes = {v["variant"]: v["model_bytes"] for v in report["variants"]}
     assert sizes["float16"] < sizes["float32"] and sizes["int8"] < sizes["float32"]
+
+
+def test_a_model_with_the_studys_box_convention_scores_near_zero(prefect_backend, oracle_data, tmp_path):
+    """The study's bug, through the project's own path: a model that emits normalised [x, y, w, h]
+    instead of the TF OD API's [ymin, xmin, ymax, xmax] is converted, run by LiteRT, converted to
+    COCO and evaluated exactly like a correct one, and its AP collapses (the correct oracle: 1.0)."""
+    wrong = build_oracle_model(tmp_path / "xywh-model", oracle_tables(oracle_data, convention="xywh"), None)
+    config = BenchmarkConfig(model=str(wrong), annotations=str(oracle_data), images=str(oracle_data.parent),
+                             variants=["float32"], latency_images=3, store=str(tmp_path / "store"))
+    [entry] = _read(benchmark(config))["variants"]
+    assert entry["images"] == 8 and entry["detections_count"] > 0
+    assert entry["bbox"]["AP"] < 0.1, entry["bbox"]
 
 
 def test_report_is_published_as_a_prefect_table_artifact(prefect_backend, oracle_data, oracle_models, tmp_path):

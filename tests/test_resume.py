@@ -1,6 +1,7 @@
 """Content-addressed results: a rerun reuses every stored shard, recomputes only what is missing,
 and never mixes results of different settings; datasets and results in S3."""
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -41,6 +42,42 @@ def test_a_rerun_recomputes_nothing_and_a_partial_one_only_what_is_missing(prefe
     for report in (second, third):
         assert [v["bbox"] for v in report["variants"]] == [v["bbox"] for v in first["variants"]]
         assert _detections_per_image(report) == _detections_per_image(first)
+
+
+def test_a_fixed_image_is_recomputed_and_the_rerun_equals_a_clean_run(prefect_backend, config, oracle_data, tmp_path):
+    """A truncated image, then the good file put back; a missing image, then added: the rerun must
+    recompute those shards (image content is part of the shard key, failures are never reused)
+    and report exactly what a clean run reports."""
+    images = tmp_path / "images"
+    shutil.copytree(oracle_data.parent, images)
+    names = sorted(p.name for p in images.glob("*.png"))
+    truncated, missing = images / names[0], images / names[5]
+    good_truncated, good_missing = truncated.read_bytes(), missing.read_bytes()
+    truncated.write_bytes(good_truncated[: len(good_truncated) // 2])
+    missing.unlink()
+    broken = config.model_copy(update={"images": str(images)})
+    first = _report(benchmark(broken))
+    assert [v["failed_images"] for v in first["variants"]] == [2, 2]
+    truncated.write_bytes(good_truncated)
+    missing.write_bytes(good_missing)
+    fixed = _report(benchmark(broken))
+    assert [v["failed_images"] for v in fixed["variants"]] == [0, 0]
+    assert fixed["shards"] == {"total": 8, "computed": 4, "reused": 4}  # shards 0 and 2 of both variants
+    clean = _report(benchmark(config))
+    assert [v["bbox"] for v in fixed["variants"]] == [v["bbox"] for v in clean["variants"]]
+    assert _detections_per_image(fixed) == _detections_per_image(clean)
+    assert fixed["dataset"]["digest"] == clean["dataset"]["digest"] != first["dataset"]["digest"]
+
+
+def test_a_shard_with_failed_images_is_never_reused(prefect_backend, config, oracle_data, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(oracle_data.parent, images)
+    (images / sorted(p.name for p in images.glob("*.png"))[0]).write_bytes(b"")
+    broken = config.model_copy(update={"images": str(images)})
+    benchmark(broken)
+    again = _report(benchmark(broken))  # the same bad file: its shards are computed again, the rest reused
+    assert again["shards"] == {"total": 8, "computed": 2, "reused": 6}
+    assert [f["reason"] for v in again["variants"] for f in v["failures"]] == ["empty file", "empty file"]
 
 
 def test_different_settings_never_reuse_each_others_shards(prefect_backend, config):

@@ -1,5 +1,6 @@
 """The object store: local folder and a real S3-compatible server (SeaweedFS on 127.0.0.1)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,38 @@ def test_missing_bucket_and_bad_credentials_are_clear_and_leak_no_secret(s3_env,
     with pytest.raises(QuantbenchError, match="access denied to s3://quantbench/x/a") as raised:
         open_store("s3://quantbench/x").write_bytes("a", b"1")
     assert "wrong-secret-value" not in str(raised.value)
+
+
+@pytest.mark.parametrize("folder", ["my work", "données ü", "a%20b"])
+def test_local_store_urls_with_spaces_and_non_ascii_round_trip(tmp_path, folder):
+    root = tmp_path / folder / "quantbench results"
+    for url in (str(root), root.as_uri()):
+        store = open_store(url)
+        assert store.root == root and open_store(store.url).root == root
+        written = store.write_json("runs/r 1/report ü.json", {"AP": 0.5})
+        assert (root / "runs" / "r 1" / "report ü.json").is_file() and " " not in written
+        again, key = split_url(written)
+        assert again.root == root / "runs" / "r 1" and key == "report ü.json" and again.read_json(key) == {"AP": 0.5}
+
+
+def test_a_writer_killed_mid_write_leaves_no_partial_object(tmp_path):
+    """SIGKILL a process in the middle of writing a large object: the key is absent, never partial."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys; from tasks.store import open_store; "
+              "open_store(sys.argv[1]).write_bytes('big/object.bin', b'x' * (1 << 30))")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=str(Path(__file__).parents[1]))
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in (tmp_path / "big").glob(".object.bin.*")) if (tmp_path / "big").is_dir() else True:
+        assert writer.poll() is None and time.monotonic() < deadline, "the writer ended before it was caught mid-write"
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert not (tmp_path / "big" / "object.bin").exists()
+    assert not open_store(str(tmp_path)).exists("big/object.bin") and open_store(str(tmp_path)).list_keys() == []
 
 
 def test_local_writes_leave_no_partial_objects(tmp_path):
