@@ -39,7 +39,10 @@ from tasks.models import (
     convert_variant,
     saved_model_artifact,
 )
-from tasks.report import VariantResult, report_task
+from tasks.alerts import emit_regression_event
+from tasks.regression import RegressionsFound, Thresholds, describe, regression_task
+from tasks.report import VariantResult, build_report, report_task
+from tasks.significance import significance_task
 from tasks.runtimes import LiteRTRuntime, prepare_input
 from tasks.sources import ResolvedModel, resolve_model, shown
 from tasks.store import open_store
@@ -55,24 +58,29 @@ def default_store() -> str:
 class BenchmarkConfig(BaseModel):
     """What to benchmark and how. Empty model/dataset fields mean the embedded demo."""
 
-    model: str | None = Field(None, description="The detector: a SavedModel directory (TF OD API 'serving_default' signature), a float .tflite, a zoo .tar.gz (path or URL), s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle. Empty: the embedded demo detector.")
-    annotations: str | None = Field(None, description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
-    images: str | None = Field(None, description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
-    variants: list[Variant] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32.")
-    shard_size: int = Field(50, ge=1, description="Images per inference task.")
-    workers: int = Field(2, ge=1, description="Inference tasks run in parallel on this machine.")
-    threads: int = Field(1, ge=1, description="CPU threads per interpreter (inference and latency).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N images (by image id).")
-    store: str = Field(default_factory=default_store, description="Where results go: a local folder, file:///path or s3://bucket/prefix.")
-    latency_images: int = Field(50, ge=1, description="Timed invoke() calls per variant, after warm-up.")
-    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Drop detections scoring below this.")
-    class_ids: Literal["category_id", "index0"] = Field("category_id", description="What the model's detection_classes hold: category_id (TF OD API models: the dataset's category ids) or index0 (0-based index into the dataset's sorted category ids, as 80-class models emit).")
-    calibration_images: str | None = Field(None, description="Folder (path or s3:// prefix) of images disjoint from the evaluation images, for int8_full/int16x8 calibration and the float32 output comparison. Empty with the demo: its calib split.")
-    calibration_count: int = Field(32, ge=1, description="Calibration images used.")
-    execution: Literal["local", "deployment"] = Field("local", description="local: shards run as tasks in this flow run's process; deployment: each shard runs as a flow run of the per-shard deployment on its work pool (its own process or container).")
-    shard_deployment: str = Field("quantbench-shard/shard", description="The per-shard deployment (flow name/deployment name) used when execution is 'deployment'.")
-    job_variables: dict = Field(default_factory=dict, description="Work-pool job variables for each shard's flow run, e.g. {\"image\": \"quantbench:slim\", \"memory_request\": \"4Gi\"}.")
-    shard_timeout_s: float = Field(3600.0, gt=0, description="A shard flow run not finished after this long is cancelled and run again (deployment execution).")
+    model: str | None = Field(None, title="Model", description="The detector: a SavedModel directory (TF OD API 'serving_default' signature), a float .tflite, a zoo .tar.gz (path or URL), s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle. Empty: the embedded demo detector.")
+    annotations: str | None = Field(None, title="Annotations (COCO JSON)", description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
+    images: str | None = Field(None, title="Images folder", description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
+    variants: list[Variant] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32.")
+    shard_size: int = Field(50, ge=1, title="Images per shard", description="Images per inference task.")
+    workers: int = Field(2, ge=1, title="Shards in flight", description="Inference tasks run in parallel on this machine.")
+    threads: int = Field(1, ge=1, title="Threads per interpreter", description="CPU threads per interpreter (inference and latency).")
+    limit: int | None = Field(None, ge=1, title="Image limit", description="Use only the first N images (by image id).")
+    store: str = Field(default_factory=default_store, title="Results store", description="Where results go: a local folder, file:///path or s3://bucket/prefix.")
+    latency_images: int = Field(50, ge=1, title="Latency runs per variant", description="Timed invoke() calls per variant, after warm-up.")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, title="Minimum score", description="Drop detections scoring below this.")
+    class_ids: Literal["category_id", "index0"] = Field("category_id", title="Detection classes are", description="What the model's detection_classes hold: category_id (TF OD API models: the dataset's category ids) or index0 (0-based index into the dataset's sorted category ids, as 80-class models emit).")
+    calibration_images: str | None = Field(None, title="Calibration images folder", description="Folder (path or s3:// prefix) of images disjoint from the evaluation images, for int8_full/int16x8 calibration and the float32 output comparison. Empty with the demo: its calib split.")
+    calibration_count: int = Field(32, ge=1, title="Calibration images used", description="Calibration images used.")
+    execution: Literal["local", "deployment"] = Field("local", title="Execution", description="local: shards run as tasks in this flow run's process; deployment: each shard runs as a flow run of the per-shard deployment on its work pool (its own process or container).")
+    shard_deployment: str = Field("quantbench-shard/shard", title="Shard deployment", description="The per-shard deployment (flow name/deployment name) used when execution is 'deployment'.")
+    job_variables: dict = Field(default_factory=dict, title="Shard job variables", description="Work-pool job variables for each shard's flow run, e.g. {\"image\": \"quantbench:slim\", \"memory_request\": \"4Gi\"}.")
+    shard_timeout_s: float = Field(3600.0, gt=0, title="Shard timeout (s)", description="A shard flow run not finished after this long is cancelled and run again (deployment execution).")
+    bootstrap_resamples: int = Field(200, ge=20, title="Bootstrap resamples", description="Paired bootstrap resamples (over images, seeded) for the 95% CIs of ΔAP vs float32 and for regression significance.")
+    fail_on_regression: bool = Field(False, title="Fail on regression", description="Publish the report, then fail the run (CLI exit status 3) when it regressed against the previous comparable run in the store.")
+    regression_ap_drop: float = Field(0.005, gt=0, le=1, title="Regression: AP drop", description="A significant AP (or ΔAP vs float32) loss of at least this much (AP in 0-1) is a regression.")
+    regression_size_growth: float = Field(0.01, ge=0, title="Regression: size growth", description="Model size growth beyond this fraction is a regression.")
+    regression_latency_rise: float = Field(1.5, ge=0, title="Regression: latency rise", description="Latency p50 rise beyond this fraction (1.5: 2.5 times as slow) with no overlapping timing round is a regression; keep it above this machine's run-to-run spread.")
 
     @model_validator(mode="after")
     def _dataset_given_whole(self) -> "BenchmarkConfig":
@@ -179,7 +187,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
 
     # Everything below runs one task at a time, so latency is measured with nothing else running.
     expected_ids = [record.id for record in dataset.images]
-    results = []
+    results, per_image = [], {}
     for variant in variants:
         gathered = gather_variant_task(variant, [o for o in outputs if o.variant == variant], expected_ids, config.store, run_prefix)
         if not gathered.done_image_ids:
@@ -191,6 +199,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads, config.latency_images)
         differences = {} if variant == "float32" else compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration)
         metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids))
+        per_image[variant] = metrics.pop("per_image")
         results.append(VariantResult(artifacts[variant], gathered, metrics, latency, differences))
 
     run = {
@@ -201,11 +210,22 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "calibration": calibration.source,
         "shards": shards_run,
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
-                                               "class_ids", "calibration_count", "execution", "shard_deployment"}),
+                                               "class_ids", "calibration_count", "execution", "shard_deployment", "bootstrap_resamples",
+                                               "fail_on_regression", "regression_ap_drop", "regression_size_growth",
+                                               "regression_latency_rise"}),
         "host": host_info(),
     }
-    url = report_task(run, results, config.store, run_prefix)
+    report = build_report(run, results, significance_task(per_image, config.bootstrap_resamples))
+    thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)
+    report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
+                                                                     thresholds, config.bootstrap_resamples)
+    url = report_task(report, config.store, run_prefix)
     logger.info("report: %s", url)
+    if report["regressions"]:
+        emit_regression_event(report, url)
+        logger.warning("regressions against run %s: %s", report["compared_with"], describe(report["regressions"]))
+        if config.fail_on_regression:
+            raise RegressionsFound(url, report["regressions"])
     return url
 
 

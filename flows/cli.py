@@ -1,5 +1,7 @@
 """Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
-``quantbench results list|show|fetch`` browses the runs in a store (``tasks.results``).
+``quantbench alerts install --webhook-url URL`` sets up regression notifications on the Prefect server.
+``quantbench results list|show|fetch|history`` browses the runs in a store (``tasks.results``,
+``tasks.history``).
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2; any other failure (an
 outage that outlasted the retries, a bug) with one ``error: …`` line and exit status 1. Python
@@ -43,8 +45,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="detection_classes are category ids (default, TF OD API) or 0-based indices into the sorted category ids")
     run.add_argument("--calibration-images", help="folder of images disjoint from the evaluation set (int8_full, int16x8)")
     run.add_argument("--calibration-count", type=int, help="calibration images used (default 32)")
+    run.add_argument("--bootstrap-resamples", type=int, help="paired bootstrap resamples for ΔAP CIs and regression significance (default 200)")
+    run.add_argument("--fail-on-regression", action="store_true", default=None,
+                     help="exit with status 3 (report still published) when the run regressed against the previous comparable run")
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
     _results_parser(commands)
+    alerts = commands.add_parser("alerts", help="regression alerts through the Prefect server in PREFECT_API_URL")
+    alert_actions = alerts.add_subparsers(dest="action", required=True)
+    install = alert_actions.add_parser("install", help="create the webhook block and the regression automation "
+                                       "(deployments/automations/regression-alert.yaml); rerunning replaces both")
+    install.add_argument("--webhook-url", required=True, help="where each regression notification is POSTed (JSON subject and body)")
     return parser
 
 
@@ -62,17 +72,25 @@ def _results_parser(commands) -> None:
     fetch.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
     fetch.add_argument("dest", metavar="DEST", help="local folder: gets report.json, report.csv, report.md, detections/<variant>.json")
     fetch.add_argument("--store", help=store_help)
+    history = actions.add_parser("history", help="the run history: one row per run and variant, newest last")
+    history.add_argument("--store", help=store_help)
+    history.add_argument("--model", help="only runs whose model source contains TEXT (or whose digest starts with it)")
+    history.add_argument("--variant", choices=VARIANTS, help="only this variant")
+    history.add_argument("--csv", action="store_true", help="print every column as CSV (for pandas or a spreadsheet)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "results":
         return _results(args)
+    if args.command == "alerts":
+        return _install_alert(args.webhook_url)
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose") and v is not None}
     if not args.verbose:
         _tracebacks_off_the_terminal()
     try:
         from flows.benchmark import BenchmarkConfig, benchmark, validate
+        from tasks.regression import RegressionsFound, describe
 
         config = BenchmarkConfig(**options)
         validate(config)
@@ -82,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         where = ".".join(str(p) for p in first["loc"]) or "options"
         print(f"error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
         return 2
+    except RegressionsFound as error:  # the report is published: show it, then say what regressed
+        print(_table(error.report_url))
+        print(f"report: {error.report_url}")
+        return _fail(args, f"regressions: {describe(error.regressions)}", 3)
     except TransientError as error:  # the retries are spent: the store is still out
         return _fail(args, f"{error}; the run failed and published no report, rerun when it is back (stored shards are reused)", 1)
     except QuantbenchError as error:
@@ -94,7 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _install_alert(webhook_url: str) -> int:
+    from tasks.alerts import install_regression_alert
+
+    try:
+        block_id, automation_id = install_regression_alert(webhook_url)
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"regression alert installed: automation {automation_id} notifies webhook block {block_id}")
+    return 0
+
+
 def _fail(args: argparse.Namespace, message: str, status: int) -> int:
+    logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the error line last (no shutdown chatter)
     if args.verbose:
         import traceback
 
@@ -143,6 +178,12 @@ def _results(args: argparse.Namespace) -> int:
         store = open_store(args.store)
         if args.action == "list":
             print(results.list_text(store))
+            return 0
+        if args.action == "history":
+            from tasks.history import history_table_text, read_history
+
+            frame = read_history(store, args.model, args.variant)
+            print(frame.to_csv(index=False).rstrip("\n") if args.csv else history_table_text(frame, store.url_for("history")))
             return 0
         run_id = results.resolve_run(store, args.run)
         if args.action == "show":

@@ -71,18 +71,21 @@ def defined(value: float) -> float | None:
     return float(value) if value > -1 else None
 
 
-def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: str = "bbox") -> dict:
+def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: str = "bbox", per_image: bool = False) -> dict:
     """The 12 COCO summary stats and per-category AP (IoU .5:.95, all areas, 100 dets).
 
     ``iou_type`` is ``"bbox"`` or ``"segm"`` (the detections' ``segmentation`` RLEs, judged with
     mask areas). Returns ``{"stats": {name: value}, "per_category_AP": {category name: AP},
     "images": n}``; a value is None where COCO defines none (pycocotools' -1: no ground truth in
-    that area range or category), and every stat is None when no image was evaluated.
+    that area range or category), and every stat is None when no image was evaluated. With
+    ``per_image``, also ``"per_image"``: the same evaluation's per-image matching
+    (:class:`tasks.significance.PerImageEval`, None without images), for bootstrap CIs.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, not {iou_type!r}")
     if not image_ids:
-        return {"stats": dict.fromkeys(STAT_NAMES), "per_category_AP": {c["name"]: None for c in gt.dataset["categories"]}, "images": 0}
+        return {"stats": dict.fromkeys(STAT_NAMES), "per_category_AP": {c["name"]: None for c in gt.dataset["categories"]}, "images": 0,
+                **({"per_image": None} if per_image else {})}
     evaluator = COCOeval(gt, _results(gt, detections, iou_type), iou_type)
     evaluator.params.imgIds = sorted(image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -95,22 +98,27 @@ def evaluate(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: s
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
         per_category[gt.cats[category_id]["name"]] = float(np.mean(values)) if values.size else None
-    return {
+    result = {
         "stats": {name: defined(value) for name, value in zip(STAT_NAMES, evaluator.stats)},
         "per_category_AP": per_category,
         "images": len(image_ids),
     }
+    if per_image:
+        from tasks.significance import per_image_from_evaluator
+
+        result["per_image"] = per_image_from_evaluator(evaluator)
+    return result
 
 
-def evaluate_all(gt: COCO, detections: list[dict], image_ids: list[int], segm: bool | None = None) -> dict:
+def evaluate_all(gt: COCO, detections: list[dict], image_ids: list[int], segm: bool | None = None, per_image: bool = False) -> dict:
     """``{"bbox": evaluate(..., "bbox"), "segm": evaluate(..., "segm")}``; ``"segm"`` is there when
     ``segm`` is true, or (``segm=None``) when the detections carry segmentations. Pass ``segm=True``
     for a mask model so that a run with no detections at all still reports (zero) mask AP."""
     if segm is None:
         segm = has_segmentation(detections)
-    results = {"bbox": evaluate(gt, detections, image_ids, "bbox")}
+    results = {"bbox": evaluate(gt, detections, image_ids, "bbox", per_image)}
     if segm:
-        results["segm"] = evaluate(gt, detections, image_ids, "segm")
+        results["segm"] = evaluate(gt, detections, image_ids, "segm", per_image)
     return results
 
 
@@ -119,9 +127,11 @@ def evaluate_task(annotations_url: str, detections_url: str, image_ids: list[int
     """Evaluate stored detections against the annotations (a local path or store URL).
 
     Returns :func:`evaluate`'s bbox result; when the detections carry segmentations it also has a
-    ``"segm"`` key holding the same structure for masks (bbox-only detections: unchanged)."""
+    ``"segm"`` key holding the same structure for masks (bbox-only detections: unchanged). Its
+    ``"per_image"`` holds each IoU type's per-image matching: ``{"bbox": PerImageEval, "segm": …}``."""
     from tasks.dataset import read_annotations
 
     store, key = split_url(detections_url)
-    results = evaluate_all(ground_truth(read_annotations(annotations_url)), store.read_json(key), image_ids)
-    return {**results["bbox"], **({"segm": results["segm"]} if "segm" in results else {})}
+    results = evaluate_all(ground_truth(read_annotations(annotations_url)), store.read_json(key), image_ids, per_image=True)
+    per_image = {iou_type: result.pop("per_image") for iou_type, result in results.items()}
+    return {**results["bbox"], **({"segm": results["segm"]} if "segm" in results else {}), "per_image": per_image}

@@ -23,11 +23,16 @@ from tasks.inference import local_model_path
 from tasks.runtimes import open_runtime, prepare_input
 
 
+ROUNDS = 5  # the timed runs are split into this many consecutive rounds, each with its own p50
+
+
 def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], threads: int, runs: int, warmup: int = 5) -> dict:
     """Time ``runs`` invocations over ``inputs`` (RGB uint8 images). Milliseconds.
 
-    Returns ``{"mean", "p50", "p90", "p99", "min", "max"}`` in ms, ``images_per_s`` (1000/mean:
-    pure compute throughput of one interpreter), ``runs``, ``warmup``, ``threads``, ``runtime``.
+    Returns ``{"mean", "p50", "p90", "p99", "min", "max"}`` in ms, ``p50_rounds`` (the p50 of each
+    of up to 5 consecutive rounds of the runs: how much the machine itself drifted while timing),
+    ``images_per_s`` (1000/mean: pure compute throughput of one interpreter), ``runs``, ``warmup``,
+    ``threads``, ``runtime``.
     """
     runtime = open_runtime(variant, model_path, threads)
     batches = [prepare_input(pixels, runtime.fixed_size) for pixels in inputs]
@@ -44,6 +49,7 @@ def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], th
     return {
         "mean": mean,
         **{f"p{q}": float(np.percentile(times_ms, q)) for q in (50, 90, 99)},
+        "p50_rounds": [float(np.median(part)) for part in np.array_split(times_ms, min(ROUNDS, runs))],
         "min": float(times_ms.min()),
         "max": float(times_ms.max()),
         "images_per_s": 1000.0 / mean,

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.errors import STORE_RETRIES
 from tasks.gather import GatheredVariant
+from tasks.history import delta_text, write_history
 from tasks.models import VARIANTS, ModelArtifact
 from tasks.store import open_store
 
@@ -29,8 +30,9 @@ class VariantResult:
     differences: dict  # output name -> max |variant - float32| on the comparison batch
 
 
-def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
-    """The report.json entry of one variant (sizes in bytes, latency in ms)."""
+def variant_entry(result: VariantResult, float32: VariantResult | None, significance: dict | None = None) -> dict:
+    """The report.json entry of one variant (sizes in bytes, latency in ms). ``significance`` is
+    this variant's paired bootstrap vs float32 per IoU type (``tasks.significance.significance_task``)."""
     stats = result.metrics["stats"]
     entry = {
         "variant": result.artifact.variant,
@@ -51,6 +53,7 @@ def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
         "bbox": stats,
         "per_category_AP": result.metrics["per_category_AP"],
         "delta_AP_vs_float32": None,
+        "delta_AP_vs_float32_ci": None,
         "detections": result.gathered.detections_url,
         "detections_count": result.gathered.detections,
         "detections_outside_categories": result.gathered.outside_categories,
@@ -58,11 +61,14 @@ def variant_entry(result: VariantResult, float32: VariantResult | None) -> dict:
     if "segm" in result.metrics:
         entry["segm"] = result.metrics["segm"]["stats"]
         entry["segm_per_category_AP"] = result.metrics["segm"]["per_category_AP"]
+    significance = significance or {}
     if float32 is not None:
         entry["size_vs_float32"] = result.artifact.model_bytes / float32.artifact.model_bytes
         entry["delta_AP_vs_float32"] = difference(stats["AP"], float32.metrics["stats"]["AP"])
+        entry["delta_AP_vs_float32_ci"] = (significance.get("bbox") or {}).get("ci")
         if "segm" in result.metrics and "segm" in float32.metrics:
             entry["delta_mask_AP_vs_float32"] = difference(result.metrics["segm"]["stats"]["AP"], float32.metrics["segm"]["stats"]["AP"])
+            entry["delta_mask_AP_vs_float32_ci"] = (significance.get("segm") or {}).get("ci")
     return entry
 
 
@@ -71,11 +77,13 @@ def difference(value: float | None, reference: float | None) -> float | None:
     return None if value is None or reference is None else value - reference
 
 
-def build_report(run: dict, results: list[VariantResult]) -> dict:
-    """``run`` (id, model, dataset, settings, host) plus one entry per variant, in VARIANTS order."""
+def build_report(run: dict, results: list[VariantResult], significance: dict | None = None) -> dict:
+    """``run`` (id, model, dataset, settings, host) plus one entry per variant, in VARIANTS order;
+    ``significance[variant]`` is its paired bootstrap vs float32 (absent: no CI)."""
     by_variant = {r.artifact.variant: r for r in results}
     ordered = [by_variant[v] for v in VARIANTS if v in by_variant]
-    return {**run, "variants": [variant_entry(r, by_variant.get("float32")) for r in ordered]}
+    significance = significance or {}
+    return {**run, "variants": [variant_entry(r, by_variant.get("float32"), significance.get(r.artifact.variant)) for r in ordered]}
 
 
 def report_table(report: dict) -> pd.DataFrame:
@@ -92,7 +100,7 @@ def report_table(report: dict) -> pd.DataFrame:
                 "lat_p90_ms": v["latency_ms"]["p90"],
                 "img_per_s": v["images_per_s"],
                 **{k: v["bbox"][k] for k in BBOX_COLUMNS},
-                "dAP_vs_fp32": v["delta_AP_vs_float32"],
+                "dAP_vs_fp32": delta_text(v["delta_AP_vs_float32"], *(v.get("delta_AP_vs_float32_ci") or (None, None))),
                 **({f"mask_{k}": v["segm"][k] for k in MASK_COLUMNS} if "segm" in v else {}),
                 "q_share": v["quantized_weight_share"],
                 "images": v["images"],
@@ -103,11 +111,11 @@ def report_table(report: dict) -> pd.DataFrame:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Markdown table: 3 decimals, 4 for ΔAP (quantization often moves AP by less than 0.001);
-    ``n/a`` where a value is undefined."""
+    """Markdown table: 3 decimals; ΔAP vs float32 with 4 and its 95% CI (quantization often moves
+    AP by less than 0.001): ``+0.0004 [-0.0021, +0.0030]``; ``n/a`` where a value is undefined."""
     cells = table.astype(object).where(table.notna(), None)
-    return cells.to_markdown(index=False, missingval="n/a",
-                             floatfmt=tuple("+.4f" if c == "dAP_vs_fp32" else ".3f" for c in table.columns))
+    text_columns = [i for i, column in enumerate(table.columns) if column == "dAP_vs_fp32"]  # already formatted
+    return cells.to_markdown(index=False, missingval="n/a", floatfmt=".3f", disable_numparse=text_columns)
 
 
 def markdown_report(report: dict, table: pd.DataFrame) -> str:
@@ -151,10 +159,11 @@ def publish_report(report: dict, store_url: str, run_prefix: str) -> str:
 
 
 @task(name="report", cache_policy=NO_CACHE, **STORE_RETRIES)
-def report_task(run: dict, results: list[VariantResult], store_url: str, run_prefix: str) -> str:
-    """Publish the report and its Prefect table artifact; return report.json's URL."""
-    report = build_report(run, results)
+def report_task(report: dict, store_url: str, run_prefix: str) -> str:
+    """Publish the report, its row in the run history and its Prefect table artifact; return
+    report.json's URL. The history row is written last: only a published run has one."""
     url = publish_report(report, store_url, run_prefix)
+    write_history(open_store(store_url), report)
     table = report_table(report)
     create_table_artifact(
         table=table.round(4).astype(object).where(table.notna(), None).to_dict(orient="records"),

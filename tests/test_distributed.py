@@ -62,7 +62,7 @@ def test_the_deployments_are_registered_with_the_nightly_schedule(cluster):
     [schedule] = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC" and schedule["active"]
     assert nightly["work_pool_name"] == "quantbench-process"
-    assert nightly["parameters"]["config"]["execution"] == "deployment"
+    assert nightly["parameters"]["config"]["execution"] == "deployment" and nightly["parameters"]["config"]["fail_on_regression"] is True
     shard = cluster.get("/deployments/name/quantbench-shard/shard")
     assert shard["entrypoint"] == "flows/shard.py:shard_flow"
     assert shard["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
