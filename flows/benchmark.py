@@ -42,6 +42,8 @@ from tasks.models import (
 from tasks.alerts import emit_regression_event
 from tasks.regression import RegressionsFound, Thresholds, describe, regression_task
 from tasks.report import VariantResult, build_report, report_task
+from tasks.presentation import presentation_task
+from tasks.progress import follow as follow_progress
 from tasks.significance import significance_task
 from tasks.runtimes import LiteRTRuntime, prepare_input
 from tasks.sources import ResolvedModel, resolve_model, shown
@@ -61,12 +63,12 @@ class BenchmarkConfig(BaseModel):
     model: str | None = Field(None, title="Model", description="The detector: a SavedModel directory (TF OD API 'serving_default' signature), a float .tflite, a zoo .tar.gz (path or URL), s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle. Empty: the embedded demo detector.")
     annotations: str | None = Field(None, title="Annotations (COCO JSON)", description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
     images: str | None = Field(None, title="Images folder", description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
-    variants: list[Variant] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32.")
+    variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32.")
     shard_size: int = Field(50, ge=1, title="Images per shard", description="Images per inference task.")
-    workers: int = Field(2, ge=1, title="Shards in flight", description="Inference tasks run in parallel on this machine.")
+    workers: int = Field(2, ge=1, title="Shards in flight", description="Shards running at once: threads of this flow run (local execution) or shard flow runs on the work pool (deployment execution).")
     threads: int = Field(1, ge=1, title="Threads per interpreter", description="CPU threads per interpreter (inference and latency).")
     limit: int | None = Field(None, ge=1, title="Image limit", description="Use only the first N images (by image id).")
-    store: str = Field(default_factory=default_store, title="Results store", description="Where results go: a local folder, file:///path or s3://bucket/prefix.")
+    store: str | None = Field(None, title="Results store", description="Where results go: a local folder, file:///path or s3://bucket/prefix. Empty: decided where the flow runs, at run time: $QUANTBENCH_STORE there, else the folder quantbench-results in its working directory.")
     latency_images: int = Field(50, ge=1, title="Latency runs per variant", description="Timed invoke() calls per variant, after warm-up.")
     min_score: float = Field(0.0, ge=0.0, le=1.0, title="Minimum score", description="Drop detections scoring below this.")
     class_ids: Literal["category_id", "index0"] = Field("category_id", title="Detection classes are", description="What the model's detection_classes hold: category_id (TF OD API models: the dataset's category ids) or index0 (0-based index into the dataset's sorted category ids, as 80-class models emit).")
@@ -81,6 +83,10 @@ class BenchmarkConfig(BaseModel):
     regression_ap_drop: float = Field(0.005, gt=0, le=1, title="Regression: AP drop", description="A significant AP (or ΔAP vs float32) loss of at least this much (AP in 0-1) is a regression.")
     regression_size_growth: float = Field(0.01, ge=0, title="Regression: size growth", description="Model size growth beyond this fraction is a regression.")
     regression_latency_rise: float = Field(1.5, ge=0, title="Regression: latency rise", description="Latency p50 rise beyond this fraction (1.5: 2.5 times as slow) with no overlapping timing round is a regression; keep it above this machine's run-to-run spread.")
+
+    def resolved(self) -> "BenchmarkConfig":
+        """This config with the store decided here and now (empty: :func:`default_store`)."""
+        return self if self.store else self.model_copy(update={"store": default_store()})
 
     @model_validator(mode="after")
     def _dataset_given_whole(self) -> "BenchmarkConfig":
@@ -144,6 +150,7 @@ def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -
 def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     """Benchmark every requested variant of a detector on a COCO dataset; return report.json's URL."""
     logger = get_run_logger()
+    config = config.resolved()
     open_store(config.store).check_writable()
     model, annotations, images, calibration_images = resolve_inputs(config)
     variants = [v for v in VARIANTS if v in config.variants]
@@ -177,11 +184,12 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     ]
     with ThreadPoolTaskRunner(max_workers=config.workers) as runner:  # at most `workers` shards at a time
         if config.execution == "local":
-            outputs = runner.map(infer_shard_task, {"job": jobs}).result()
+            futures = runner.map(infer_shard_task, {"job": jobs})
         else:
-            outputs = runner.map(run_shard_deployment, {"job": jobs, "deployment": unmapped(config.shard_deployment),
+            futures = runner.map(run_shard_deployment, {"job": jobs, "deployment": unmapped(config.shard_deployment),
                                                         "job_variables": unmapped(config.job_variables),
-                                                        "timeout_s": unmapped(config.shard_timeout_s)}).result()
+                                                        "timeout_s": unmapped(config.shard_timeout_s)})
+        outputs = follow_progress(futures, jobs, logger)
     shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}
     logger.info("shards: %(computed)d computed, %(reused)d reused from the store", shards_run)
 
@@ -206,7 +214,8 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": shown(model.source), "kind": model.kind, "digest": model.digest, "input": image_input},
-        "dataset": {"annotations": dataset.annotations_url, "images_url": dataset.images_url, "digest": dataset.digest, "images": len(dataset.images)},
+        "dataset": {"annotations": dataset.annotations_url, "images_url": dataset.images_url, "digest": dataset.digest,
+                    "images": len(dataset.images), "instances_per_category": dataset.instances_per_category},
         "calibration": calibration.source,
         "shards": shards_run,
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
@@ -220,7 +229,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
                                                                      thresholds, config.bootstrap_resamples)
     url = report_task(report, config.store, run_prefix)
-    logger.info("report: %s", url)
+    logger.info("report: %s (page: %s)", url, presentation_task(report, url, config.store, run_prefix))
     if report["regressions"]:
         emit_regression_event(report, url)
         logger.warning("regressions against run %s: %s", report["compared_with"], describe(report["regressions"]))
@@ -233,6 +242,7 @@ def validate(config: BenchmarkConfig) -> None:
     """Fail fast, before any flow starts, with one line: the store (reachable, bucket exists,
     writable), the model (parses, right signature), the dataset, the calibration images
     (readable, disjoint from the evaluation images by content)."""
+    config = config.resolved()
     open_store(config.store).check_writable()
     model, annotations, images, calibration_images = resolve_inputs(config)
     check_variants(model, list(config.variants), calibration_images)

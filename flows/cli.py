@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-on-regression", action="store_true", default=None,
                      help="exit with status 3 (report still published) when the run regressed against the previous comparable run")
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
+    run.add_argument("--quiet", action="store_true", help="no progress and no Prefect log lines: only the table and the result lines")
     _results_parser(commands)
     alerts = commands.add_parser("alerts", help="regression alerts through the Prefect server in PREFECT_API_URL")
     alert_actions = alerts.add_subparsers(dest="action", required=True)
@@ -68,6 +69,7 @@ def _results_parser(commands) -> None:
     show.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
     show.add_argument("--store", help=store_help)
     show.add_argument("--json", action="store_true", help="print report.json as stored")
+    show.add_argument("--html", metavar="DEST", help="write the run's self-contained HTML page to DEST (a file, or a folder: DEST/<run id>.html)")
     fetch = actions.add_parser("fetch", help="download a run's report files and detections into DEST")
     fetch.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
     fetch.add_argument("dest", metavar="DEST", help="local folder: gets report.json, report.csv, report.md, detections/<variant>.json")
@@ -85,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         return _results(args)
     if args.command == "alerts":
         return _install_alert(args.webhook_url)
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose") and v is not None}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet") and v is not None}
     if not args.verbose:
         _tracebacks_off_the_terminal()
+    if args.quiet:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()
+        logging.getLogger("prefect").setLevel(logging.WARNING)
     try:
         from flows.benchmark import BenchmarkConfig, benchmark, validate
         from tasks.regression import RegressionsFound, describe
@@ -101,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
         return 2
     except RegressionsFound as error:  # the report is published: show it, then say what regressed
-        print(_table(error.report_url))
-        print(f"report: {error.report_url}")
+        _print_published(error.report_url)
         return _fail(args, f"regressions: {describe(error.regressions)}", 3)
     except TransientError as error:  # the retries are spent: the store is still out
         return _fail(args, f"{error}; the run failed and published no report, rerun when it is back (stored shards are reused)", 1)
@@ -110,10 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, str(error), 2)
     except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
         return _fail(args, f"{type(error).__name__}: {error}", 1)
-    print(_table(url))
-    print(f"report: {url}")
     logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
+    _print_published(url)
     return 0
+
+
+def _print_published(report_url: str) -> None:
+    """The report table, then where the HTML page and report.json are (report.json last)."""
+    from tasks.presentation import html_url
+
+    print(_table(report_url))
+    print(f"html: {html_url(report_url)}")
+    print(f"report: {report_url}")
 
 
 def _install_alert(webhook_url: str) -> int:
@@ -186,6 +200,9 @@ def _results(args: argparse.Namespace) -> int:
             print(frame.to_csv(index=False).rstrip("\n") if args.csv else history_table_text(frame, store.url_for("history")))
             return 0
         run_id = results.resolve_run(store, args.run)
+        if args.action == "show" and args.html:
+            print(f"wrote {results.write_html(store, run_id, Path(args.html))}")
+            return 0
         if args.action == "show":
             print(results.report_json_text(store, run_id) if args.json else results.show_text(store, run_id))
             return 0

@@ -43,6 +43,7 @@ class Dataset:
     digest: str  # SHA-256 of the above + every chosen image's fingerprint: the dataset's identity
     images: tuple[ImageRecord, ...]
     category_ids: tuple[int, ...]
+    instances_per_category: dict[str, int]  # category name -> non-crowd ground truths in the chosen images
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,18 @@ def load_dataset(annotations: str, images: str, limit: int | None = None) -> Dat
     chosen = tuple(replace(r, fingerprint=found.get(r.file_name, MISSING)) for r in chosen)
     annotations_digest = hashlib.sha256(raw + json.dumps([r.id for r in chosen]).encode()).hexdigest()
     digest = hashlib.sha256(annotations_digest.encode() + json.dumps([r.fingerprint for r in chosen]).encode()).hexdigest()
-    return Dataset(annotations_url, images_url, annotations_digest, digest, chosen, category_ids)
+    return Dataset(annotations_url, images_url, annotations_digest, digest, chosen, category_ids,
+                   instances_per_category(document, {r.id for r in chosen}))
+
+
+def instances_per_category(document: dict, image_ids: set[int]) -> dict[str, int]:
+    """Non-crowd ground-truth instances per category name in ``image_ids`` (0 for absent ones)."""
+    names = {int(c["id"]): str(c["name"]) for c in document["categories"]}
+    counts = dict.fromkeys(names.values(), 0)
+    for annotation in document["annotations"]:
+        if annotation.get("image_id") in image_ids and not annotation.get("iscrowd", 0) and annotation.get("category_id") in names:
+            counts[names[annotation["category_id"]]] += 1
+    return counts
 
 
 def make_shards(dataset: Dataset, shard_size: int) -> list[Shard]:

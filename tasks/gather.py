@@ -46,6 +46,6 @@ def gather_variant(variant: str, outputs: list[ShardOutput], expected_image_ids:
     return GatheredVariant(variant, url, len(detections), tuple(sorted(done)), tuple(failed), dict(sorted(outside.items())))
 
 
-@task(name="gather", cache_policy=NO_CACHE, **STORE_RETRIES)
+@task(name="gather", task_run_name="gather-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
 def gather_variant_task(variant: str, outputs: list[ShardOutput], expected_image_ids: list[int], store_url: str, run_prefix: str) -> GatheredVariant:
     return gather_variant(variant, outputs, expected_image_ids, store_url, run_prefix)

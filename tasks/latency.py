@@ -29,7 +29,8 @@ ROUNDS = 5  # the timed runs are split into this many consecutive rounds, each w
 def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], threads: int, runs: int, warmup: int = 5) -> dict:
     """Time ``runs`` invocations over ``inputs`` (RGB uint8 images). Milliseconds.
 
-    Returns ``{"mean", "p50", "p90", "p99", "min", "max"}`` in ms, ``p50_rounds`` (the p50 of each
+    Returns ``{"mean", "p50", "p90", "p99", "min", "max"}`` in ms, ``times_ms`` (every timed run, in
+    order), ``p50_rounds`` (the p50 of each
     of up to 5 consecutive rounds of the runs: how much the machine itself drifted while timing),
     ``images_per_s`` (1000/mean: pure compute throughput of one interpreter), ``runs``, ``warmup``,
     ``threads``, ``runtime``.
@@ -50,6 +51,7 @@ def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], th
         "mean": mean,
         **{f"p{q}": float(np.percentile(times_ms, q)) for q in (50, 90, 99)},
         "p50_rounds": [float(np.median(part)) for part in np.array_split(times_ms, min(ROUNDS, runs))],
+        "times_ms": [round(float(t), 4) for t in times_ms],
         "min": float(times_ms.min()),
         "max": float(times_ms.max()),
         "images_per_s": 1000.0 / mean,

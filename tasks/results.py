@@ -213,3 +213,16 @@ def fetch_run(store: Store, run_id: str, dest: Path, on_file: Callable[[Path, in
         if on_file is not None:
             on_file(*written[-1])
     return written
+
+
+def write_html(store: Store, run_id: str, dest: Path) -> Path:
+    """The run's ``report.html`` as stored, or (runs from before it existed) rendered from its
+    report.json, written to ``dest`` (a file, or an existing folder: ``dest/<run id>.html``)."""
+    from tasks.presentation import render_run_page
+
+    key = f"{run_prefix(run_id)}/report.html"
+    page = store.read_bytes(key) if store.exists(key) else render_run_page(store, load_report(store, run_id))[0].encode()
+    target = dest / f"{run_id}.html" if dest.is_dir() else dest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(page)
+    return target.resolve()

@@ -9,6 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from flows.cli import main
 from tasks.evaluation import STAT_NAMES, defined
 from tasks.store import split_url
 
@@ -30,6 +31,7 @@ def demo_run(tmp_path_factory) -> tuple[str, dict]:
     result = subprocess.run([sys.executable, "-m", "flows.cli", "run"], env=env, cwd=work, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Failed to send telemetry" not in result.stderr and "Traceback" not in result.stderr
+    assert "progress: 16/16 shards (saved_model 4/4, float32 4/4, float16 4/4, int8 4/4)" in result.stderr  # not a terminal: lines
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("report: file://") and last.endswith("/report.json")
     report = _read(last.removeprefix("report: "))
@@ -68,6 +70,23 @@ def test_map_recomputed_from_the_stored_detections_matches_the_report(demo_run):
         evaluator = COCOeval(gt, gt.loadRes(_read(entry["detections"])), "bbox")
         evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
         assert dict(zip(STAT_NAMES, map(defined, evaluator.stats))) == entry["bbox"], entry["variant"]
+
+
+def test_the_run_names_its_html_page_with_the_plots_inside(demo_run, tmp_path):
+    stdout, report = demo_run
+    html_line, report_line = stdout.strip().splitlines()[-2:]
+    assert html_line == "html: " + report_line.removeprefix("report: ").replace("/report.json", "/report.html")
+    store, key = split_url(html_line.removeprefix("html: "))
+    page = store.read_bytes(key).decode()
+    assert page.startswith("<!DOCTYPE html>") and report["run_id"] in page and "<script" not in page
+    assert all(f">{variant}<" in page for variant in ("saved_model", "float32", "float16", "int8"))
+    assert page.count("data:image/") >= 4 and 'src="http' not in page
+    plots = store.root / "plots"
+    assert {"accuracy_vs_size.png", "accuracy_vs_latency.png", "category_delta_ap.png", "latency_distribution.png"} <= {
+        p.name for p in plots.iterdir()}
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots.glob("*.png"))
+    assert main(["results", "show", report["run_id"], "--store", str(store.root.parents[1]), "--html", str(tmp_path)]) == 0
+    assert (tmp_path / f"{report['run_id']}.html").read_text() == page
 
 
 def test_report_files_are_in_the_store(demo_run):

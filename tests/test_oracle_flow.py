@@ -47,7 +47,7 @@ def test_a_model_with_the_studys_box_convention_scores_near_zero(prefect_backend
     assert entry["bbox"]["AP"] < 0.1, entry["bbox"]
 
 
-def test_report_is_published_as_a_prefect_table_artifact(prefect_backend, oracle_data, oracle_models, tmp_path):
+def test_report_and_summary_are_published_as_prefect_artifacts(prefect_backend, oracle_data, oracle_models, tmp_path):
     from prefect.artifacts import Artifact
 
     config = BenchmarkConfig(
@@ -59,6 +59,9 @@ def test_report_is_published_as_a_prefect_table_artifact(prefect_backend, oracle
     assert artifact.type == "table" and url in artifact.description
     rows = json.loads(artifact.data)
     assert [row["variant"] for row in rows] == ["float32", "int8"] and all(row["AP"] == 1.0 for row in rows)
+    summary = Artifact.get("quantbench-summary")
+    assert summary.type == "markdown" and url.replace("report.json", "report.html") in summary.data
+    assert "int8: " in summary.data and "smaller" in summary.data and "ΔAP +0.0000 [+0.0000, +0.0000]" in summary.data
 
 
 def test_flow_parameters_are_one_described_model():
@@ -68,3 +71,9 @@ def test_flow_parameters_are_one_described_model():
     fields = schema["definitions"]["BenchmarkConfig"]["properties"]
     assert {"model", "annotations", "images", "variants", "shard_size", "workers", "threads", "limit", "store"} <= set(fields)
     assert all(field.get("description") for field in fields.values())
+    assert fields["class_ids"]["title"] == "Detection classes are" and fields["shard_timeout_s"]["title"] == "Shard timeout (s)"
+    # The UI shows real defaults: the four variants (and at least one must stay), no store baked in at deploy time.
+    assert fields["variants"]["default"] == list(DEFAULT_VARIANTS) and fields["variants"]["minItems"] == 1
+    assert fields["store"].get("default") is None and schema["properties"]["config"]["default"]["store"] is None
+    with pytest.raises(ValueError, match="at least 1 item"):
+        BenchmarkConfig(variants=[])
