@@ -183,6 +183,14 @@ def test_undefined_ap_gives_undefined_deltas_never_a_sentinel():
     assert "n/a" in table and "+1.0000" not in table
 
 
+def test_half_a_dataset_fails_a_flow_run_at_its_start(prefect_backend, oracle_data):
+    """As a deployment run from the UI would: parameter validation fails before any task runs."""
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="give both annotations and images, or neither"):
+        benchmark({"annotations": str(oracle_data)})
+
+
 def test_half_a_dataset_is_refused(capsys, oracle_data):
     error = _cli_error(capsys, "--annotations", str(oracle_data))
     assert "give both annotations and images" in error
