@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test train-demo
+.PHONY: demo test train-demo base-image images
 demo: $(VENV)/.installed
 	$(BIN)/quantbench run
 
@@ -14,6 +14,14 @@ test: $(VENV)/.installed
 # Retrain the committed demo detector (about 15 min on 2 CPU cores); not needed to run anything.
 train-demo: $(VENV)/.installed
 	$(BIN)/python -m demo.train --out demo/model
+
+# Container images quantbench:slim, quantbench:full and quantbench:s3 (README, "The stack"); needs a
+# Docker engine. Without a registry, the base image is built from Debian packages (make base-image).
+images:
+	PYTHON=$(PYTHON) infra/docker/build-images.sh
+
+base-image:
+	infra/docker/base-image.sh
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

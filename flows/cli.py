@@ -1,5 +1,6 @@
 """Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
-``quantbench alerts install --webhook-url URL`` sets up regression notifications on the Prefect server.
+``quantbench alerts install --webhook-url URL`` sets up regression notifications on the Prefect server;
+``quantbench crash-detection install`` the automation that finds dead shard workers in minutes.
 ``quantbench results list|show|fetch|history`` browses the runs in a store (``tasks.results``,
 ``tasks.history``).
 
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     install = alert_actions.add_parser("install", help="create the webhook block and the regression automation "
                                        "(deployments/automations/regression-alert.yaml); rerunning replaces both")
     install.add_argument("--webhook-url", required=True, help="where each regression notification is POSTed (JSON subject and body)")
+    crash = commands.add_parser("crash-detection", help="dead-worker detection through the Prefect server in PREFECT_API_URL")
+    crash.add_subparsers(dest="action", required=True).add_parser(
+        "install", help="create the automation that marks shard flow runs Crashed when their heartbeats stop "
+                        "(deployments/automations/crash-silent-shards.yaml); rerunning replaces it")
     return parser
 
 
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return _results(args)
     if args.command == "alerts":
         return _install_alert(args.webhook_url)
+    if args.command == "crash-detection":
+        return _install_crash_detection()
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet") and v is not None}
     if not args.verbose:
         _tracebacks_off_the_terminal()
@@ -139,6 +146,18 @@ def _install_alert(webhook_url: str) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"regression alert installed: automation {automation_id} notifies webhook block {block_id}")
+    return 0
+
+
+def _install_crash_detection() -> int:
+    from tasks.alerts import install_crash_detection
+
+    try:
+        automation_id = install_crash_detection()
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"crash detection installed: automation {automation_id} marks shard flow runs silent for 90 s Crashed")
     return 0
 
 

@@ -1,4 +1,6 @@
-"""Regression alerts: a benchmark run that finds regressions emits one Prefect event, and the
+"""The Prefect automations quantbench ships (``deployments/automations/``) and their installers.
+
+Regression alerts: a benchmark run that finds regressions emits one Prefect event, and the
 automation shipped in ``deployments/automations/regression-alert.yaml`` turns that event into a
 notification through a webhook block.
 
@@ -7,6 +9,10 @@ notification through a webhook block.
   regressions in its payload.
 - :func:`install_regression_alert` (``quantbench alerts install``): saves the webhook block and
   creates the automation against the configured Prefect API (``PREFECT_API_URL``).
+
+Dead workers: ``deployments/automations/crash-silent-shards.yaml`` marks a shard flow run Crashed
+when its heartbeats stop, so the benchmark resubmits it in minutes (:func:`install_crash_detection`,
+``quantbench crash-detection install``).
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ from prefect.settings import PREFECT_API_URL
 from tasks.errors import QuantbenchError
 
 REGRESSION_EVENT = "quantbench.regression.detected"
-AUTOMATION_FILE = Path(__file__).resolve().parents[1] / "deployments" / "automations" / "regression-alert.yaml"
+AUTOMATIONS = Path(__file__).resolve().parents[1] / "deployments" / "automations"
+AUTOMATION_FILE = AUTOMATIONS / "regression-alert.yaml"
+CRASH_DETECTION_FILE = AUTOMATIONS / "crash-silent-shards.yaml"
 BLOCK_ID_PLACEHOLDER = "${QUANTBENCH_ALERT_BLOCK_ID}"
 """The shipped YAML's ``block_document_id``: the installer puts the webhook block's id there (by
 hand: ``QUANTBENCH_ALERT_BLOCK_ID=<id> envsubst < regression-alert.yaml``)."""
@@ -68,15 +76,31 @@ def install_regression_alert(webhook_url: str, block_name: str = "quantbench-reg
     """Against the configured Prefect API: save (or overwrite) the webhook notification block
     ``block_name`` that POSTs ``{"subject": …, "body": …}`` as JSON to ``webhook_url``, and create
     the shipped automation pointing at it, replacing any automation of the same name (so running
-    this again leaves one, with a new id). Returns (block document id, automation id).
-
-    Refuses to run without ``PREFECT_API_URL``: Prefect would install into a throw-away
-    ephemeral server."""
-    if not PREFECT_API_URL.value():
-        raise QuantbenchError("no Prefect API configured: set PREFECT_API_URL to the server the benchmark flows report to")
+    this again leaves one, with a new id). Returns (block document id, automation id)."""
+    require_api()
     block_id = save_webhook_block(webhook_url, block_name)
     automation_id = replace_automation(automation_definition(block_id))
     return str(block_id), str(automation_id)
+
+
+def install_crash_detection(path: Path = CRASH_DETECTION_FILE) -> str:
+    """Against the configured Prefect API: create the automation that marks silent shard flow runs
+    Crashed, replacing any of the same name. Returns its id."""
+    require_api()
+    return str(replace_automation(read_definition(path)))
+
+
+def require_api() -> None:
+    """Refuse to run without ``PREFECT_API_URL``: Prefect would install into a throw-away
+    ephemeral server."""
+    if not PREFECT_API_URL.value():
+        raise QuantbenchError("no Prefect API configured: set PREFECT_API_URL to the server the benchmark flows report to")
+
+
+def read_definition(path: Path) -> dict:
+    if not path.is_file():
+        raise QuantbenchError(f"the automation definition {path} is missing: run this from a quantbench checkout")
+    return yaml.safe_load(path.read_text())
 
 
 def save_webhook_block(webhook_url: str, block_name: str) -> UUID:
@@ -89,9 +113,7 @@ def save_webhook_block(webhook_url: str, block_name: str) -> UUID:
 
 def automation_definition(block_id: UUID, path: Path = AUTOMATION_FILE) -> dict:
     """The shipped automation with the webhook block's id in place of the placeholder."""
-    if not path.is_file():
-        raise QuantbenchError(f"the automation definition {path} is missing: run this from a quantbench checkout")
-    definition = yaml.safe_load(path.read_text())
+    definition = read_definition(path)
     for action in definition["actions"]:
         if action.get("block_document_id") == BLOCK_ID_PLACEHOLDER:
             action["block_document_id"] = str(block_id)

