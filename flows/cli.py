@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "results":
         return _results(args)
     if args.command == "alerts":
-        return _install_alert(args.webhook_url)
+        return _install(_install_alert, args.webhook_url)
     if args.command == "crash-detection":
-        return _install_crash_detection()
+        return _install(_install_crash_detection)
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet") and v is not None}
     if not args.verbose:
         _tracebacks_off_the_terminal()
@@ -137,28 +137,27 @@ def _print_published(report_url: str) -> None:
     print(f"report: {report_url}")
 
 
-def _install_alert(webhook_url: str) -> int:
+def _install(installer, *args) -> int:
+    """Run one automation installer: its line on success, one ``error:`` line and status 2 otherwise."""
+    try:
+        print(installer(*args))
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _install_alert(webhook_url: str) -> str:
     from tasks.alerts import install_regression_alert
 
-    try:
-        block_id, automation_id = install_regression_alert(webhook_url)
-    except QuantbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"regression alert installed: automation {automation_id} notifies webhook block {block_id}")
-    return 0
+    block_id, automation_id = install_regression_alert(webhook_url)
+    return f"regression alert installed: automation {automation_id} notifies webhook block {block_id}"
 
 
-def _install_crash_detection() -> int:
+def _install_crash_detection() -> str:
     from tasks.alerts import install_crash_detection
 
-    try:
-        automation_id = install_crash_detection()
-    except QuantbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"crash detection installed: automation {automation_id} marks shard flow runs silent for 90 s Crashed")
-    return 0
+    return f"crash detection installed: automation {install_crash_detection()} marks shard flow runs silent for 90 s Crashed"
 
 
 def _fail(args: argparse.Namespace, message: str, status: int) -> int:

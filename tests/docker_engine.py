@@ -13,7 +13,8 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LABEL = f"quantbench-test={uuid.uuid4().hex[:12]}"  # on every container this test session starts
+LABELS = {"quantbench-test": uuid.uuid4().hex[:12]}  # on every container this test session starts
+LABEL = "{}={}".format(*next(iter(LABELS.items())))  # as `docker --label` and `--filter label=` take it
 
 
 def engine_problem() -> str | None:

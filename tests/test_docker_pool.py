@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -60,7 +58,7 @@ def _config(stack: dict, prefix: str, **changes) -> dict:
 def _in_containers(stack: dict, prefix: str, **changes) -> dict:
     # The containers get the S3 endpoint and credentials through the run's job variables, merged over
     # the shard deployment's environment (its heartbeat setting), and this session's label.
-    job_variables = {"env": stack["s3"].env(), "labels": {docker_engine.LABEL.split("=")[0]: docker_engine.LABEL.split("=")[1]}}
+    job_variables = {"env": stack["s3"].env(), "labels": docker_engine.LABELS}
     return _config(stack, prefix, execution="deployment", job_variables=job_variables, **changes)
 
 

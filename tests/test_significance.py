@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from tasks.evaluation import evaluate, ground_truth
 from tasks.significance import paired_bootstrap_delta_ap, per_image_evaluation, resampled_ap
