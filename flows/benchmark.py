@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import struct
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,7 @@ from tasks.calibration import calibration_files, calibration_task
 from tasks.coverage import compare_task
 from tasks.dataset import Dataset, load_dataset, make_shards
 from tasks.errors import QuantbenchError
-from tasks.evaluation import evaluate_task
+from tasks.evaluation import EVAL_BACKENDS, evaluate_task, require_backend
 from tasks.gather import gather_variant_task
 from tasks.inference import ShardJob, cache_dir, infer_shard_task, run_shard_deployment
 from tasks.latency import host_info, latency_task, load_inputs
@@ -40,12 +41,15 @@ from tasks.models import (
     saved_model_artifact,
 )
 from tasks.alerts import emit_regression_event
+from tasks.energy import energy_method, grid_intensity, rapl_delta_joules, read_rapl, run_power, variant_energy
 from tasks.regression import RegressionsFound, Thresholds, describe, regression_task
 from tasks.report import VariantResult, build_report, report_task
 from tasks.presentation import presentation_task
+from tasks.prefetch import SHARED
 from tasks.progress import follow as follow_progress
 from tasks.significance import significance_task
 from tasks.runtimes import LiteRTRuntime, prepare_input
+from tasks.usage import StageClock, inference_summary, process_started
 from tasks.sources import ResolvedModel, resolve_model, shown
 from tasks.store import open_store
 
@@ -82,6 +86,8 @@ class BenchmarkConfig(BaseModel):
     fail_on_regression: bool = Field(False, title="Fail on regression", description="Publish the report, then fail the run (CLI exit status 3) when it regressed against the previous comparable run in the store.")
     regression_ap_drop: float = Field(0.005, gt=0, le=1, title="Regression: AP drop", description="A significant AP (or ΔAP vs float32) loss of at least this much (AP in 0-1) is a regression.")
     regression_size_growth: float = Field(0.01, ge=0, title="Regression: size growth", description="Model size growth beyond this fraction is a regression.")
+    eval_backend: Literal[EVAL_BACKENDS] = Field("pycocotools", title="Evaluation backend", description="pycocotools (the reference) or faster-coco-eval (pip install 'quantbench[fast-eval]'; same matching in C++, ~4x faster here; stats equal to the last bit).")  # type: ignore[valid-type]
+    grid_intensity: str | None = Field(None, title="Grid carbon intensity", description="For gCO2e per image: empty for the world average (475 gCO2e/kWh), a 3-letter ISO country code (FRA, DEU, USA …) or gCO2e/kWh as a number.")
     regression_latency_rise: float = Field(1.5, ge=0, title="Regression: latency rise", description="Latency p50 rise beyond this fraction (1.5: 2.5 times as slow) with no overlapping timing round is a regression; keep it above this machine's run-to-run spread.")
 
     def resolved(self) -> "BenchmarkConfig":
@@ -139,6 +145,23 @@ def comparison_inputs(dataset: Dataset, fixed_size: tuple[int, int] | None) -> C
     return Calibration(source=f"first {len(batches)} readable evaluation images (comparison only)", digest="", batches=batches)
 
 
+def run_stages(clock: StageClock, flow_started: float, outputs: list, inference_process_cpu_s: float) -> dict:
+    """Wall seconds by stage (``startup``: process start → this flow's first line — imports and, from
+    the CLI, Prefect's ephemeral server; the process's age when the flow is called in a long-lived
+    one), the first computed shard's start after process start, and the process CPU seconds spent
+    while shards ran (local execution: every shard thread plus Prefect's own; deployment: Prefect's
+    own only, shards ran elsewhere). Publishing the report (write, artifacts, page) comes after.
+    The flow adds ``decoded_images``: inputs prepared in this process for the shards (``decoded``)
+    and those a task took from another variant's task of the same shard (``shared``)."""
+    started = process_started()
+    computed = [o.usage["started"] for o in outputs if o.usage and not o.reused]
+    return {
+        "wall_s": {"startup": round(flow_started - started, 3) if started else None, **clock.seconds},
+        "first_shard_after_process_start_s": round(min(computed) - started, 3) if started and computed else None,
+        "inference_process_cpu_s": round(inference_process_cpu_s, 3),
+    }
+
+
 def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -> str:
     settings = config.model_dump(exclude={"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s"})
     settings.update(model_digest=model_digest, dataset_digest=dataset.digest)
@@ -149,40 +172,46 @@ def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -
 @flow(name="quantbench-benchmark")
 def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     """Benchmark every requested variant of a detector on a COCO dataset; return report.json's URL."""
+    flow_started, clock = time.time(), StageClock()
     logger = get_run_logger()
     config = config.resolved()
-    open_store(config.store).check_writable()
-    model, annotations, images, calibration_images = resolve_inputs(config)
-    variants = [v for v in VARIANTS if v in config.variants]
-    check_variants(model, variants, calibration_images)
-    image_input = model_input(model)
-    fixed_size = tuple(image_input["shape"][1:3]) if min(image_input["shape"][1:3]) > 0 else None
-    dataset = load_dataset(annotations, images, config.limit)
-    shards = make_shards(dataset, config.shard_size)
+    with clock("inputs"):
+        grid_intensity(config.grid_intensity)  # a bad setting fails here, before any work
+        require_backend(config.eval_backend)
+        open_store(config.store).check_writable()
+        model, annotations, images, calibration_images = resolve_inputs(config)
+        variants = [v for v in VARIANTS if v in config.variants]
+        check_variants(model, variants, calibration_images)
+        image_input = model_input(model)
+        fixed_size = tuple(image_input["shape"][1:3]) if min(image_input["shape"][1:3]) > 0 else None
+        dataset = load_dataset(annotations, images, config.limit)
+        shards = make_shards(dataset, config.shard_size)
     run_id = run_identity(config, model.digest, dataset)
     run_prefix = f"runs/{run_id}"
     logger.info("run %s: %d images in %d shards, variants %s", run_id, len(dataset.images), len(shards), ", ".join(variants))
 
-    calibration = (
-        calibration_task(calibration_images, config.calibration_count, fixed_size, dataset)
-        if calibration_images else comparison_inputs(dataset, fixed_size)
-    )
-    # float32 is always produced: quantizer recipes start from it and every size claim is checked against it.
-    artifacts = {"float32": convert_variant(str(model.path), model.digest, "float32", config.store)}
-    for variant in variants:
-        if variant == "saved_model":
-            artifacts[variant] = saved_model_artifact(str(model.path))
-        elif variant != "float32":
-            artifacts[variant] = convert_variant(str(model.path), model.digest, variant, config.store, artifacts["float32"], calibration)
+    with clock("conversion"):
+        calibration = (
+            calibration_task(calibration_images, config.calibration_count, fixed_size, dataset)
+            if calibration_images else comparison_inputs(dataset, fixed_size)
+        )
+        # float32 is always produced: quantizer recipes start from it and every size claim is checked against it.
+        artifacts = {"float32": convert_variant(str(model.path), model.digest, "float32", config.store)}
+        for variant in variants:
+            if variant == "saved_model":
+                artifacts[variant] = saved_model_artifact(str(model.path))
+            elif variant != "float32":
+                artifacts[variant] = convert_variant(str(model.path), model.digest, variant, config.store, artifacts["float32"], calibration)
 
     label_map = dataset.category_ids if config.class_ids == "index0" else None
     jobs = [
         ShardJob(v, artifacts[v].url, model.digest, dataset.annotations_digest, dataset.images_url, shard, config.store,
                  config.threads, config.min_score, dataset.category_ids, label_map)
+        for shard in shards  # shard-major: a shard's variants run close together and share its decoded images
         for v in variants
-        for shard in shards
     ]
-    with ThreadPoolTaskRunner(max_workers=config.workers) as runner:  # at most `workers` shards at a time
+    inference_cpu_started, rapl_before, shared_before = time.process_time(), read_rapl(), (SHARED.hits, SHARED.misses)
+    with clock("inference"), ThreadPoolTaskRunner(max_workers=config.workers) as runner:  # at most `workers` shards at a time
         if config.execution == "local":
             futures = runner.map(infer_shard_task, {"job": jobs})
         else:
@@ -190,6 +219,11 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
                                                         "job_variables": unmapped(config.job_variables),
                                                         "timeout_s": unmapped(config.shard_timeout_s)})
         outputs = follow_progress(futures, jobs, logger)
+    inference_process_cpu_s = time.process_time() - inference_cpu_started
+    rapl_after = read_rapl() if rapl_before and config.execution == "local" else None  # shards ran here
+    host = host_info()
+    energy = energy_method(run_power(host["cpu"], rapl_after and rapl_delta_joules(rapl_before, rapl_after), inference_process_cpu_s),
+                           config.grid_intensity)
     shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}
     logger.info("shards: %(computed)d computed, %(reused)d reused from the store", shards_run)
 
@@ -197,18 +231,25 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     expected_ids = [record.id for record in dataset.images]
     results, per_image = [], {}
     for variant in variants:
-        gathered = gather_variant_task(variant, [o for o in outputs if o.variant == variant], expected_ids, config.store, run_prefix)
+        variant_outputs = [o for o in outputs if o.variant == variant]
+        with clock("gather"):
+            gathered = gather_variant_task(variant, variant_outputs, expected_ids, config.store, run_prefix)
         if not gathered.done_image_ids:
             first = gathered.failed[0]
             raise QuantbenchError(
                 f"{variant}: none of the {len(expected_ids)} images could be evaluated (e.g. image {first['image_id']} "
                 f"{first['file_name']}: {first['reason']}); no report was published: fix the images and rerun"
             )
-        latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads, config.latency_images)
-        differences = {} if variant == "float32" else compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration)
-        metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids))
+        with clock("latency"):
+            latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads, config.latency_images)
+        with clock("comparison"):
+            differences = {} if variant == "float32" else compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration)
+        with clock("evaluation"):
+            metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids), config.eval_backend)
         per_image[variant] = metrics.pop("per_image")
-        results.append(VariantResult(artifacts[variant], gathered, metrics, latency, differences))
+        inference = inference_summary(variant_outputs)
+        results.append(VariantResult(artifacts[variant], gathered, metrics, latency, differences,
+                                     {**inference, **variant_energy(inference, energy)}))
 
     run = {
         "run_id": run_id,
@@ -220,16 +261,24 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "shards": shards_run,
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
                                                "class_ids", "calibration_count", "execution", "shard_deployment", "bootstrap_resamples",
-                                               "fail_on_regression", "regression_ap_drop", "regression_size_growth",
+                                               "fail_on_regression", "regression_ap_drop", "regression_size_growth", "grid_intensity", "eval_backend",
                                                "regression_latency_rise"}),
-        "host": host_info(),
+        "host": host,
+        "energy": energy,
     }
-    report = build_report(run, results, significance_task(per_image, config.bootstrap_resamples))
-    thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)
-    report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
-                                                                     thresholds, config.bootstrap_resamples)
+    with clock("significance"):
+        significance = significance_task(per_image, config.bootstrap_resamples)
+    with clock("report"):
+        report = build_report(run, results, significance)
+        thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)
+        report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
+                                                                         thresholds, config.bootstrap_resamples)
+    report["stages"] = run_stages(clock, flow_started, outputs, inference_process_cpu_s)
+    report["stages"]["decoded_images"] = {"shared": SHARED.hits - shared_before[0], "decoded": SHARED.misses - shared_before[1]}
     url = report_task(report, config.store, run_prefix)
     logger.info("report: %s (page: %s)", url, presentation_task(report, url, config.store, run_prefix))
+    logger.info("stages (s): %s; publishing %.1f", ", ".join(f"{k} {v}" for k, v in report["stages"]["wall_s"].items()),
+                time.time() - flow_started - sum(clock.seconds.values()))
     if report["regressions"]:
         emit_regression_event(report, url)
         logger.warning("regressions against run %s: %s", report["compared_with"], describe(report["regressions"]))
@@ -243,6 +292,8 @@ def validate(config: BenchmarkConfig) -> None:
     writable), the model (parses, right signature), the dataset, the calibration images
     (readable, disjoint from the evaluation images by content)."""
     config = config.resolved()
+    grid_intensity(config.grid_intensity)
+    require_backend(config.eval_backend)
     open_store(config.store).check_writable()
     model, annotations, images, calibration_images = resolve_inputs(config)
     check_variants(model, list(config.variants), calibration_images)

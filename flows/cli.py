@@ -23,6 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from pydantic import ValidationError
 
 from tasks.errors import QuantbenchError, TransientError
+from tasks.evaluation import EVAL_BACKENDS
 from tasks.models import DEFAULT_VARIANTS, VARIANTS
 
 
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration-images", help="folder of images disjoint from the evaluation set (int8_full, int16x8)")
     run.add_argument("--calibration-count", type=int, help="calibration images used (default 32)")
     run.add_argument("--bootstrap-resamples", type=int, help="paired bootstrap resamples for ΔAP CIs and regression significance (default 200)")
+    run.add_argument("--eval-backend", choices=EVAL_BACKENDS,
+                     help="COCO evaluation: pycocotools (default, the reference) or faster-coco-eval (pip install 'quantbench[fast-eval]')")
+    run.add_argument("--grid-intensity", metavar="CODE|G_PER_KWH",
+                     help="grid carbon intensity for gCO2e per image: ISO country code (FRA, DEU, USA …) or gCO2e/kWh (default: world average, 475)")
     run.add_argument("--fail-on-regression", action="store_true", default=None,
                      help="exit with status 3 (report still published) when the run regressed against the previous comparable run")
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")

@@ -16,7 +16,7 @@ from tasks.inference import ShardJob, infer_shard
 @flow(name="quantbench-shard", flow_run_name="{job.variant}-shard-{job.shard.index}")
 def shard_flow(job: ShardJob) -> dict:
     """Infer one shard and store its COCO results; return the shard's summary."""
-    output = infer_shard(job)
+    output = infer_shard(job, alone_in_process=True)
     get_run_logger().info("%s shard %d: %d images, %d failed, %d detections -> %s",
                           output.variant, output.shard_index, output.images_done, output.images_failed, output.detections, output.key)
     return asdict(output)

@@ -151,6 +151,7 @@ class ImageReader:
     """Reads image bytes by file name from the dataset's image folder (local or S3)."""
 
     def __init__(self, images_url: str):
+        self.url = images_url
         self.store = open_store(images_url)
 
     def read(self, record: ImageRecord) -> bytes:

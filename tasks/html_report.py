@@ -25,13 +25,15 @@ BASELINE = "float32"
 PLOTS = (  # (file name without extension, caption), in page order
     ("accuracy_vs_size", "bbox AP (and mask AP) vs model size; the dashed staircase is the Pareto front."),
     ("accuracy_vs_latency", "bbox AP vs invoke() latency p50; the dashed staircase is the Pareto front."),
+    ("accuracy_vs_energy", "bbox AP vs energy per image (J) of the inference stage; the dashed staircase is the Pareto front."),
     ("latency_distribution", "Every timed invoke() per variant (or its percentiles)."),
     ("category_delta_ap", "Per-category ΔAP vs float32, the most hurt categories first."),
     ("history_ap", "AP and ΔAP vs float32 over the runs on this dataset; this run's regressions circled."),
 )
 IMAGE_TYPES = (("svg", "image/svg+xml"), ("png", "image/png"))
 TABLE_NOTE = ("size_MB: model file (the SavedModel directory for saved_model), MB = 10^6 bytes; x_fp32: size relative "
-              "to float32; lat_*: invoke() latency in ms; img_per_s: 1000 / mean latency; AP…AR100: COCO bbox stats "
+              "to float32; lat_*: invoke() latency in ms; img_per_s: 1000 / mean latency; pipeline_img_s: images per second of the "
+              "inference stage (read, decode, invoke, COCO conversion) over the wall time its shards ran; AP…AR100: COCO bbox stats "
               "(n/a: undefined, no ground truth in that range); dAP_vs_fp32: ΔAP vs float32 with its paired bootstrap "
               "95% CI; q_share: share of weight bytes in a quantized dtype.")
 CSS = """

@@ -13,6 +13,7 @@ reused by a later run: the next run computes that shard again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,14 +21,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.coco_format import od_api_to_coco
-from tasks.dataset import ImageReader, Shard, decode_rgb
-from tasks.errors import IMAGE_FAILURES, STORE_RETRIES
-from tasks.runtimes import open_runtime, prepare_input
+from tasks.dataset import ImageReader, ImageRecord, Shard
+from tasks.errors import STORE_RETRIES
+from tasks.prefetch import prepared_images
+from tasks.runtimes import open_runtime
 from tasks.store import open_store, split_url
+from tasks.usage import ResourceMeter
 
 
 def cache_dir() -> Path:
@@ -84,8 +88,9 @@ class ShardOutput:
     images_failed: int
     detections: int
     outside_categories: dict[str, int]  # category id (as str) -> detections dropped for it
-    seconds: float  # wall time of the whole shard: model load, decode, resize, invoke, store
+    seconds: float  # wall time of the shard when computed: model load, read, decode, resize, invoke (0.0: reused)
     reused: bool
+    usage: dict | None = None  # the stored "usage" of whoever computed it (None: stored before usage was recorded)
 
 
 def stored_shard_output(job: ShardJob, store, reused: bool = True, with_failures: bool = False) -> ShardOutput | None:
@@ -101,46 +106,59 @@ def stored_shard_output(job: ShardJob, store, reused: bool = True, with_failures
     if stored["failed"] and not with_failures:
         return None
     return ShardOutput(job.variant, job.shard.index, key, len(stored["done_image_ids"]), len(stored["failed"]),
-                       len(stored["detections"]), stored["outside_categories"], 0.0, reused=reused)
+                       len(stored["detections"]), stored["outside_categories"], 0.0, reused=reused, usage=stored.get("usage"))
 
 
-def infer_shard(job: ShardJob) -> ShardOutput:
-    """Run ``job``'s model over its shard; store ``{"detections", "done_image_ids", "failed"}``.
+def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False) -> ShardOutput:
+    """Run ``job``'s model over its shard; store ``{"detections", "done_image_ids", "failed", "usage"}``.
 
     An image that does not exist or does not decode is recorded in ``failed`` with the reason and
     the shard goes on; any other error (the store, the model) stops the shard and stores nothing.
+    Images are read and decoded ``prefetch`` ahead in a thread (``tasks.prefetch``; 0: in line).
+    ``usage`` is what computing it cost (``tasks.usage.Usage``: epoch start/end, CPU s, peak RSS MB)
+    plus ``load_s``, the model load; a later run reusing the output reports it as measured then.
+    ``alone_in_process``: nothing else computes in this process (a shard flow run), so its CPU time
+    is the process's; else the shard's own threads are counted (``tasks.usage.ResourceMeter``).
     """
     store = open_store(job.store_url)
     stored = stored_shard_output(job, store)
     if stored is not None:
         return stored
     key = job.output_key()
-    started = time.perf_counter()
-    runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
-    reader = ImageReader(job.images_url)
     detections, done, failed, outside = [], [], [], {}
-    for record in job.shard.images:
-        try:
-            pixels = decode_rgb(reader.read(record))
-        except IMAGE_FAILURES as error:
-            failed.append({"image_id": record.id, "file_name": record.file_name, "reason": str(error)})
-            continue
-        runtime.set_input(prepare_input(pixels, runtime.fixed_size))
-        runtime.invoke()
-        out = runtime.outputs()
-        count = out["num_detections"].reshape(-1)[0] if "num_detections" in out else None
-        image_detections = od_api_to_coco(
-            record.id, record.width, record.height,
-            out["detection_boxes"][0], out["detection_scores"][0], out["detection_classes"][0],
-            num_detections=count, min_score=job.min_score,
-            masks=out["detection_masks"][0] if "detection_masks" in out else None,
-        )
-        detections += keep_dataset_categories(image_detections, job.label_map, job.category_ids, outside)
-        done.append(record.id)
-    document = {"job": asdict(job), "detections": detections, "done_image_ids": done, "failed": failed, "outside_categories": outside}
+    with ResourceMeter(whole_process=alone_in_process) as meter:
+        with meter.threads_started():  # an interpreter's worker threads (threads > 1)
+            runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
+        meter.attributable = not runtime.uses_tensorflow
+        load_s = time.time() - meter.started
+        images = prepared_images(ImageReader(job.images_url), list(job.shard.images), runtime.fixed_size, prefetch, meter.add_cpu)
+        with contextlib.closing(images):
+            for image in images:
+                if image.failure is not None:
+                    failed.append({"image_id": image.record.id, "file_name": image.record.file_name, "reason": image.failure})
+                    continue
+                runtime.set_input(image.batch)
+                runtime.invoke()
+                detections += keep_dataset_categories(coco_detections(image.record, runtime.outputs(), job.min_score),
+                                                      job.label_map, job.category_ids, outside)
+                done.append(image.record.id)
+    usage = {**asdict(meter.usage), "load_s": round(load_s, 4), "prefetch": prefetch, "pid": os.getpid()}
+    document = {"job": asdict(job), "detections": detections, "done_image_ids": done, "failed": failed,
+                "outside_categories": outside, "usage": usage}
     store.write_json(key, document)
     return ShardOutput(job.variant, job.shard.index, key, len(done), len(failed), len(detections), outside,
-                       round(time.perf_counter() - started, 3), reused=False)
+                       round(meter.usage.wall_s, 3), reused=False, usage=usage)
+
+
+def coco_detections(record: ImageRecord, out: dict[str, np.ndarray], min_score: float) -> list[dict]:
+    """One image's model outputs (TF OD API names, batch of 1) as COCO results."""
+    count = out["num_detections"].reshape(-1)[0] if "num_detections" in out else None
+    return od_api_to_coco(
+        record.id, record.width, record.height,
+        out["detection_boxes"][0], out["detection_scores"][0], out["detection_classes"][0],
+        num_detections=count, min_score=min_score,
+        masks=out["detection_masks"][0] if "detection_masks" in out else None,
+    )
 
 
 def keep_dataset_categories(detections: list[dict], label_map: tuple[int, ...] | None, category_ids: tuple[int, ...],

@@ -2,13 +2,15 @@
 
 :func:`render_plots` returns ``{file name: bytes}``; figures are drawn with matplotlib's Agg
 canvas directly (no pyplot, no global backend, nothing left open). Units: model size in MB
-(10^6 bytes), latency in milliseconds, AP = COCO mAP@[.5:.95] in [0, 1]. An undefined value
+(10^6 bytes), latency in milliseconds, energy in J per image, AP = COCO mAP@[.5:.95] in [0, 1]. An undefined value
 (None in the report, NaN in the history) is never plotted, and never as pycocotools' -1.
 
-Files (PNG; the two scatter plots as SVG too):
+Files (PNG; the scatter plots as SVG too):
 
 - ``accuracy_vs_size``: bbox AP vs model size, Pareto front; mask AP too for mask models.
 - ``accuracy_vs_latency``: bbox AP vs latency p50, Pareto front.
+- ``accuracy_vs_energy``: bbox AP vs energy per image of the inference stage (``inference.j_per_image``,
+  found as ``report["energy"]["method"]`` says), Pareto front (absent when no variant has it).
 - ``category_delta_ap``: per variant, the 20 categories whose AP dropped most vs float32
   (absent without float32 or without a variant to compare).
 - ``latency_distribution``: every timed ``invoke()`` per variant (its percentiles when the
@@ -83,6 +85,8 @@ def _figures(report: dict, history: pd.DataFrame | None, colors: dict[str, str])
     """``(name, figure, also as SVG)`` for each plot this report has data for."""
     yield "accuracy_vs_size", accuracy_vs_size(report, colors), True
     yield "accuracy_vs_latency", accuracy_vs_latency(report, colors), True
+    if any(_j_per_image(entry) is not None for entry in report["variants"]):
+        yield "accuracy_vs_energy", accuracy_vs_energy(report, colors), True
     category = category_delta_ap(report)
     if category is not None:
         yield "category_delta_ap", category, False
@@ -312,6 +316,16 @@ def accuracy_vs_latency(report: dict, colors: dict[str, str]) -> Figure:
     """bbox AP vs latency p50 in ms (``invoke()`` only)."""
     threads = (report.get("settings") or {}).get("threads", "?")
     return _scatter(report, colors, _p50_ms, f"latency p50 (ms, invoke() only, {threads} thread(s))", "faster", False)
+
+
+def _j_per_image(entry: dict) -> float | None:
+    return _number((entry.get("inference") or {}).get("j_per_image"))
+
+
+def accuracy_vs_energy(report: dict, colors: dict[str, str]) -> Figure:
+    """bbox AP vs energy per image in J over the inference stage (its method: ``report["energy"]``)."""
+    method = (report.get("energy") or {}).get("method", "method unknown")
+    return _scatter(report, colors, _j_per_image, f"energy per image (J, inference stage, {method})", "less energy", False)
 
 
 # --- per-category ΔAP ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class VariantResult:
     metrics: dict  # from tasks.evaluation.evaluate_task: bbox stats, and "segm" for mask models
     latency: dict  # from tasks.latency.measure_latency
     differences: dict  # output name -> max |variant - float32| on the comparison batch
+    inference: dict  # from tasks.usage.inference_summary: how fast this variant's shards ran
 
 
 def variant_entry(result: VariantResult, float32: VariantResult | None, significance: dict | None = None) -> dict:
@@ -47,6 +48,7 @@ def variant_entry(result: VariantResult, float32: VariantResult | None, signific
         "latency_ms": {k: result.latency[k] for k in ("mean", "p50", "p90", "p99")},
         "latency": result.latency,
         "images_per_s": result.latency["images_per_s"],
+        "inference": result.inference,
         "images": len(result.gathered.done_image_ids),
         "failed_images": len(result.gathered.failed),
         "failures": list(result.gathered.failed),
@@ -87,7 +89,10 @@ def build_report(run: dict, results: list[VariantResult], significance: dict | N
 
 
 def report_table(report: dict) -> pd.DataFrame:
-    """The human-facing table: MB, ratio to float32, latency (ms), images/s, AP metrics, ΔAP."""
+    """The human-facing table: MB, ratio to float32, latency (ms), images/s of one interpreter's
+    ``invoke()`` (``img_per_s``) and of the whole inference stage (``pipeline_img_s``: read, decode,
+    resize, invoke, COCO conversion, over the wall time its shards ran), energy per image of that
+    stage (J, ``report["energy"]`` says how it was found), AP metrics, ΔAP."""
     rows = []
     for v in report["variants"]:
         rows.append(
@@ -99,6 +104,8 @@ def report_table(report: dict) -> pd.DataFrame:
                 "lat_p50_ms": v["latency_ms"]["p50"],
                 "lat_p90_ms": v["latency_ms"]["p90"],
                 "img_per_s": v["images_per_s"],
+                "pipeline_img_s": (v.get("inference") or {}).get("images_per_s"),
+                "J_per_img": (v.get("inference") or {}).get("j_per_image"),
                 **{k: v["bbox"][k] for k in BBOX_COLUMNS},
                 "dAP_vs_fp32": delta_text(v["delta_AP_vs_float32"], *(v.get("delta_AP_vs_float32_ci") or (None, None))),
                 **({f"mask_{k}": v["segm"][k] for k in MASK_COLUMNS} if "segm" in v else {}),
@@ -127,8 +134,10 @@ def markdown_report(report: dict, table: pd.DataFrame) -> str:
         f"- dataset: `{report['dataset']['annotations']}`, {report['dataset']['images']} images",
         f"- latency: invoke() only, {settings['latency_images']} runs after warm-up, {settings['threads']} thread(s), "
         f"one variant at a time; host {host['cpu']} ({host['usable_cpus']} usable CPUs)",
-        "- AP: COCO mAP@[.5:.95] (pycocotools, bbox) on the images each variant processed; "
+        f"- AP: COCO mAP@[.5:.95] ({settings.get('eval_backend', 'pycocotools')}, bbox) on the images each variant processed; "
         "n/a where COCO defines none (no ground truth in that size range)",
+        latency_spread_line(report),
+        *energy_lines(report),
         "",
         format_table(table),
         "",
@@ -147,6 +156,30 @@ def markdown_report(report: dict, table: pd.DataFrame) -> str:
         for category, count in v["detections_outside_categories"].items():
             lines.append(f"- {v['variant']}: {count} detections of class {category}, not a category of the dataset, were left out")
     return "\n".join(lines) + "\n"
+
+
+def latency_spread_line(report: dict) -> str:
+    """p50 with its spread: the lowest and highest p50 of the consecutive timing rounds per variant
+    (this machine's own drift while timing; compare variants within one run)."""
+    spreads = []
+    for v in report["variants"]:
+        rounds = v["latency"].get("p50_rounds") or [v["latency_ms"]["p50"]]
+        spreads.append(f"{v['variant']} {v['latency_ms']['p50']:.2f} ({min(rounds):.2f}–{max(rounds):.2f})")
+    return f"- latency p50 ms (range of the {len(rounds)} rounds' p50): " + ", ".join(spreads)
+
+
+def energy_lines(report: dict) -> list[str]:
+    """How pipeline_img_s and J_per_img were found (reports from before they existed: nothing)."""
+    energy = report.get("energy")
+    if not energy:
+        return []
+    return [
+        f"- pipeline_img_s: images over the wall time the variant's shards ran ({report['settings']['workers']} shards in flight, "
+        "variants overlapping: not additive); J_per_img: its shards' CPU-seconds per image × W per busy CPU "
+        "(n/a: TensorFlow's threads, not attributable in a shared process)",
+        f"- energy: {energy['method']}, {energy['watts_per_cpu']:.3g} W per busy CPU ({energy['source']}); "
+        f"grid {energy['grid_g_per_kwh']:g} gCO2e/kWh ({energy['grid_source']})",
+    ]
 
 
 def publish_report(report: dict, store_url: str, run_prefix: str) -> str:

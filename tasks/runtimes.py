@@ -33,6 +33,7 @@ class LiteRTRuntime:
             # Importing TensorFlow registers its Flex delegate, which an interpreter picks up when
             # it is built. Models without Flex ops never import TensorFlow (4 s and ~0.5 GB less).
             import_tensorflow(f"running {model_path} (Select TF ops: {', '.join(needs_tensorflow)})")
+        self.uses_tensorflow = bool(needs_tensorflow)  # Flex kernels run on TensorFlow's process-wide threads
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
         self.delegate = "XNNPACK"
         try:
@@ -89,6 +90,7 @@ class SavedModelRuntime:
         self._input = None
         self._outputs: dict[str, np.ndarray] = {}
         self.delegate = "tensorflow"
+        self.uses_tensorflow = True
 
     def set_input(self, batch: np.ndarray) -> None:
         self._input = self._tf.constant(batch)

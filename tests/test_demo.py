@@ -12,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 from flows.cli import main
 from tasks.evaluation import STAT_NAMES, defined
 from tasks.store import split_url
+from tests.report_checks import check_inference
 
 
 def _read(url: str):
@@ -44,6 +45,25 @@ def test_prints_the_table_and_the_report_url(demo_run):
     for variant in ("saved_model", "float32", "float16", "int8"):
         assert f"| {variant}" in stdout
     assert report["run_id"] in stdout.splitlines()[-1]
+
+
+def test_every_variant_says_how_fast_its_inference_ran_and_what_it_cost(demo_run):
+    stdout, report = demo_run
+    check_inference(report, variants=4, shards_per_variant=4)
+    assert "pipeline_img_s" in stdout  # the table's column
+    by_variant = {v["variant"]: v["inference"] for v in report["variants"]}
+    # LiteRT shards' CPU is their own threads'; TensorFlow's (saved_model) runs on process-wide pools
+    # shared with the flow, so it is not attributed rather than wrong.
+    assert by_variant["saved_model"]["cpu_s"] is None
+    for variant in ("float32", "float16", "int8"):
+        assert 0 < by_variant[variant]["cpu_s_per_image"] < 1
+    # The CLI is a fresh process: start-up is its imports and Prefect's ephemeral server, before any shard.
+    stages = report["stages"]
+    assert 0 < stages["wall_s"]["startup"] < stages["first_shard_after_process_start_s"]
+    # Each image decoded once for the 4 variants (content-keyed, shared by a shard's tasks in the flow's process);
+    # each variant is still charged its decode CPU.
+    assert stages["decoded_images"]["decoded"] + stages["decoded_images"]["shared"] == 4 * 200
+    assert stages["decoded_images"]["decoded"] <= 200 + 20  # at most a few decoded twice (a waiter re-prepares only on an error)
 
 
 def test_demo_model_is_accurate_and_quantization_shrinks_it(demo_run):

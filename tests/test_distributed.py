@@ -15,6 +15,7 @@ import pytest
 
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
 from tests.prefect_server import PREFECT, REPO, Cluster, read_report as _read_report, wait_for as _wait
+from tests.report_checks import check_inference
 
 
 def _detections(report: dict) -> dict[str, list]:
@@ -98,6 +99,9 @@ def test_every_shard_runs_as_a_worker_flow_run_and_results_equal_local_mode(clus
             cluster.kill(worker)
     local = cluster.benchmark(_config(case, case["root"] / "store-local", shard_size=3))
     assert distributed["shards"] == {"total": 8, "computed": 8, "reused": 0}
+    check_inference(distributed, variants=2, shards_per_variant=4)
+    # Each shard ran alone in its flow-run process: its CPU time is that process's, TensorFlow or not.
+    assert all(v["inference"]["cpu_s"] > 0 for v in distributed["variants"])
     runs = cluster.flow_runs("quantbench-shard")
     assert len(runs) == 8 and all(run["state_type"] == "COMPLETED" for run in runs)
     assert all(run["work_pool_name"] == "quantbench-process" and run["parent_task_run_id"] for run in runs)

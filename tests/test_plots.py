@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import copy
 import re
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 import pandas as pd
 import pytest
 
+from tasks.energy import energy_method, energy_summary, estimated_power
 from tasks.history import history_rows
 from tasks.html_report import render_html, significance, summary_markdown
-from tasks.plots import Point, model_name, pareto_front, render_plots
+from tasks.plots import (
+    Point,
+    accuracy_vs_energy,
+    model_name,
+    pareto_front,
+    render_plots,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_ID = "20261128T185558Z-feaeb157-3693"
@@ -28,6 +35,7 @@ VARIANTS = {
     "float16": (95_100_000, 20_500.0, 0.0, None),  # its AP is undefined (None) below
     "int8": (48_200_000, 9_000.0, 0.0004, [-0.0021, 0.0030]),
 }
+CPU_S_PER_IMAGE = {"saved_model": 26.0, "float32": 21.5, "float16": 21.0, "int8": 9.5}  # process CPU time, s
 
 
 def _latency(p50: float, with_times: bool) -> dict:
@@ -99,6 +107,19 @@ def make_report(masks: bool = False, run_id: str = RUN_ID, created: str = "2026-
     return report
 
 
+def _with_energy(report: dict) -> dict:
+    """A copy with ``inference`` per variant and the top-level ``energy``, as tasks.energy gives them
+    for this VM's CPU ("AMD EPYC": CodeCarbon's default, 4 W per busy CPU) and the world grid."""
+    energy = copy.deepcopy(report)
+    energy["energy"] = energy_method(estimated_power("AMD EPYC", logical_cpus=2), None)
+    for entry in energy["variants"]:
+        images, cpu_s = 200, 200 * CPU_S_PER_IMAGE[entry["variant"]]
+        entry["inference"] = {"images": images, "shards": 8, "shards_reused": 0, "wall_s": cpu_s / 1.8, "images_per_s": 1.8 * images / cpu_s,
+                              "peak_rss_mb": 910.5, "cpu_s": cpu_s,
+                              **energy_summary(cpu_s, images, energy["energy"]["watts_per_cpu"], energy["energy"]["grid_g_per_kwh"])}
+    return energy
+
+
 def _history(*reports: dict) -> pd.DataFrame:
     return pd.concat([history_rows(r) for r in reports], ignore_index=True)
 
@@ -151,6 +172,33 @@ def test_mask_model_and_missing_baseline():
     files = render_plots(no_float32)
     assert "category_delta_ap.png" not in files  # nothing to compare with
     _assert_valid(files)
+
+
+def test_energy_plot_from_the_inference_energy_per_image(report):
+    energy = _with_energy(report)
+    energy["variants"][0]["inference"]["j_per_image"] = None  # saved_model: no energy (float16: no AP)
+    files = render_plots(energy)
+    assert {"accuracy_vs_energy.png", "accuracy_vs_energy.svg"} <= set(files)
+    _assert_valid(files)
+    figure = accuracy_vs_energy(energy, dict.fromkeys(VARIANTS, "#1f77b4"))
+    [ax] = figure.axes
+    plotted = {tuple(xy) for collection in ax.collections for xy in collection.get_offsets()}
+    assert plotted == {(21.5 * 4.0, energy["variants"][1]["bbox"]["AP"]), (9.5 * 4.0, energy["variants"][3]["bbox"]["AP"])}  # J = CPU-s × 4 W
+    assert ax.get_xlabel() == ("energy per image (J, inference stage, cpu-power-estimate)\n"
+                               "not plotted (AP or energy per image undefined): saved_model, float16")
+    assert ax.get_title().startswith("AP vs energy per image (up-left is better)")
+    assert "Pareto front (less energy and more accurate)" in [text.get_text() for text in ax.get_legend().get_texts()]
+    page = render_html(energy, files)
+    assert page.index('id="plot-accuracy_vs_latency"') < page.index('id="plot-accuracy_vs_energy"') < page.index('id="plot-latency_distribution"')
+    assert "bbox AP vs energy per image (J) of the inference stage" in page and page.count("data:image/svg+xml;base64,") == 3
+
+
+def test_no_energy_plot_without_energy_per_image(report):
+    assert not any(name.startswith("accuracy_vs_energy") for name in render_plots(report))  # no inference entries
+    unmeasured = _with_energy(report)
+    for entry in unmeasured["variants"]:
+        entry["inference"]["j_per_image"] = None
+    assert not any(name.startswith("accuracy_vs_energy") for name in render_plots(unmeasured))
 
 
 def test_pareto_front_and_model_names():
