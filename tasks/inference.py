@@ -115,8 +115,8 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
     An image that does not exist or does not decode is recorded in ``failed`` with the reason and
     the shard goes on; any other error (the store, the model) stops the shard and stores nothing.
     Images are read and decoded ``prefetch`` ahead in a thread (``tasks.prefetch``; 0: in line).
-    ``usage`` is what computing it cost (``tasks.usage.Usage``: epoch start/end, CPU s, peak RSS MB)
-    plus ``load_s``, the model load; a later run reusing the output reports it as measured then.
+    ``usage`` is what computing it cost (``tasks.usage.Usage``: epoch start/end, CPU s after the
+    model load, peak RSS MB) plus ``load_s``, the model load's wall time; a later run reusing the output reports it as measured then.
     ``alone_in_process``: nothing else computes in this process (a shard flow run), so its CPU time
     is the process's; else the shard's own threads are counted (``tasks.usage.ResourceMeter``).
     """
@@ -131,6 +131,7 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
             runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
         meter.attributable = not runtime.uses_tensorflow
         load_s = time.time() - meter.started
+        meter.restart_cpu()  # CPU per image: after the model load (reported as load_s)
         images = prepared_images(ImageReader(job.images_url), list(job.shard.images), runtime.fixed_size, prefetch, meter.add_cpu)
         with contextlib.closing(images):
             for image in images:

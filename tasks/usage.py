@@ -38,7 +38,8 @@ _CLAIM_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class Usage:
     """One measured piece of work. ``started``/``ended``: epoch seconds; ``cpu_s``: CPU seconds
-    (user + system) of its threads (None: not attributable); ``peak_rss_mb``: MB (10^6 bytes) of
+    (user + system) of its threads since the meter's last :meth:`ResourceMeter.restart_cpu` (None:
+    not attributable); ``peak_rss_mb``: MB (10^6 bytes) of
     the process at its peak."""
 
     started: float
@@ -92,7 +93,7 @@ class ResourceMeter:
         self.interval_s = interval_s
         self.usage: Usage | None = None
         self._extra_cpu_s = 0.0
-        self._threads: set[int] = set()
+        self._threads: dict[int, float] = {}  # claimed thread id -> its CPU seconds when counting (re)started
         self._stop = threading.Event()
 
     def add_cpu(self, seconds: float) -> None:
@@ -110,7 +111,14 @@ class ResourceMeter:
                 _CLAIMED.intersection_update(current)  # exited threads' ids may be reused
                 new = current - before - _CLAIMED - {self._sampler.native_id}
                 _CLAIMED.update(new)
-            self._threads |= new
+            self._threads.update((tid, _thread_cpu_s(tid)) for tid in new)
+
+    def restart_cpu(self) -> None:
+        """Count CPU from now on (e.g. after loading the model: a once-per-process cost, such as
+        importing TensorFlow, is not a cost per image); wall time and memory keep counting."""
+        self._cpu_before = time.process_time() if self.whole_process else time.thread_time()
+        self._threads = {tid: _thread_cpu_s(tid) for tid in self._threads}
+        self._extra_cpu_s = 0.0
 
     def __enter__(self) -> Self:
         self.started = time.time()
@@ -130,7 +138,8 @@ class ResourceMeter:
         if self.whole_process:
             cpu_s = time.process_time() - self._cpu_before
         elif self.attributable:
-            cpu_s = time.thread_time() - self._cpu_before + sum(_thread_cpu_s(tid) for tid in self._threads) + self._extra_cpu_s
+            cpu_s = (time.thread_time() - self._cpu_before + self._extra_cpu_s
+                     + sum(_thread_cpu_s(tid) - start for tid, start in self._threads.items()))
         else:
             cpu_s = None
         self.usage = Usage(self.started, time.time(), None if cpu_s is None else round(cpu_s, 4),

@@ -26,11 +26,12 @@ def test_union_counts_overlapping_time_once():
 
 
 def test_cpu_counts_the_work_and_the_threads_it_started_not_its_neighbours():
-    stop = threading.Event()
+    stop, burnt = threading.Event(), threading.Semaphore(0)
 
     def helper_loop():
         burn(0.3)
-        stop.wait()
+        burnt.release()
+        stop.wait()  # still alive at the meter's exit, as an interpreter's worker threads are
 
     neighbour = threading.Thread(target=helper_loop)  # started outside the meter's claim: another shard's
     with ResourceMeter() as meter:
@@ -39,15 +40,13 @@ def test_cpu_counts_the_work_and_the_threads_it_started_not_its_neighbours():
             own_helper = threading.Thread(target=helper_loop)
             own_helper.start()
         burn(0.3)
-        while own_helper.is_alive() and time.thread_time() < 0:  # pragma: no cover - keeps the helper alive
-            pass
-        time.sleep(0.5)  # both helpers have burnt their 0.3 s by now (2 cores, noisy: generous)
+        assert burnt.acquire(timeout=60) and burnt.acquire(timeout=60)  # both helpers have burnt their 0.3 s
     stop.set()
     own_helper.join()
     neighbour.join()
     usage = meter.usage
     assert 0.55 <= usage.cpu_s <= 0.8, usage  # own 0.3 + own helper 0.3, not the neighbour's 0.3
-    assert usage.wall_s >= 0.8 and usage.ended > usage.started
+    assert usage.wall_s >= 0.3 and usage.ended > usage.started
 
 
 def test_a_helper_thread_reports_its_own_cpu_and_work_on_unnamed_pools_is_unknown():
@@ -58,6 +57,14 @@ def test_a_helper_thread_reports_its_own_cpu_and_work_on_unnamed_pools_is_unknow
         burn(0.1)
         meter.attributable = False  # e.g. TensorFlow's process-wide pools did the work
     assert meter.usage.cpu_s is None
+
+
+def test_cpu_restarted_after_the_model_load_leaves_the_load_out():
+    with ResourceMeter() as meter:
+        burn(0.4)  # "loading the model"
+        meter.restart_cpu()
+        burn(0.2)
+    assert 0.19 <= meter.usage.cpu_s < 0.35 and meter.usage.wall_s >= 0.6
 
 
 def test_whole_process_counts_every_thread():
@@ -71,11 +78,9 @@ def test_whole_process_counts_every_thread():
 
 def test_peak_rss_sees_memory_held_only_for_a_moment():
     with ResourceMeter(interval_s=0.01) as meter:
-        baseline = meter.usage
         block = np.ones(300_000_000, dtype=np.uint8)  # 300 MB, touched
         time.sleep(0.1)
         del block
-    assert baseline is None
     with ResourceMeter() as quiet:
         time.sleep(0.05)
     assert meter.usage.peak_rss_mb >= quiet.usage.peak_rss_mb + 250
