@@ -210,13 +210,13 @@ def scaling(rows: list[dict], cores: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants now, MB (10^6 bytes)."""
+    from tasks.usage import rss_bytes
+
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
+        total += rss_bytes(current)
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, ValueError):

@@ -41,15 +41,14 @@ from tasks.models import (
     saved_model_artifact,
 )
 from tasks.alerts import emit_regression_event
-from tasks.energy import energy_method, grid_intensity, rapl_delta_joules, read_rapl, run_power, variant_energy
+from tasks.energy import energy_method, grid_intensity, run_power, variant_energy
 from tasks.regression import RegressionsFound, Thresholds, describe, regression_task
 from tasks.report import VariantResult, build_report, report_task
 from tasks.presentation import presentation_task
-from tasks.prefetch import SHARED
 from tasks.progress import follow as follow_progress
 from tasks.significance import significance_task
 from tasks.runtimes import LiteRTRuntime, prepare_input
-from tasks.usage import StageClock, inference_summary, process_started
+from tasks.usage import StageClock, StageMeter, inference_summary, run_stages
 from tasks.sources import ResolvedModel, resolve_model, shown
 from tasks.store import open_store
 
@@ -145,21 +144,11 @@ def comparison_inputs(dataset: Dataset, fixed_size: tuple[int, int] | None) -> C
     return Calibration(source=f"first {len(batches)} readable evaluation images (comparison only)", digest="", batches=batches)
 
 
-def run_stages(clock: StageClock, flow_started: float, outputs: list, inference_process_cpu_s: float) -> dict:
-    """Wall seconds by stage (``startup``: process start → this flow's first line — imports and, from
-    the CLI, Prefect's ephemeral server; the process's age when the flow is called in a long-lived
-    one), the first computed shard's start after process start, and the process CPU seconds spent
-    while shards ran (local execution: every shard thread plus Prefect's own; deployment: Prefect's
-    own only, shards ran elsewhere). Publishing the report (write, artifacts, page) comes after.
-    The flow adds ``decoded_images``: inputs prepared in this process for the shards (``decoded``)
-    and those a task took from another variant's task of the same shard (``shared``)."""
-    started = process_started()
-    computed = [o.usage["started"] for o in outputs if o.usage and not o.reused]
-    return {
-        "wall_s": {"startup": round(flow_started - started, 3) if started else None, **clock.seconds},
-        "first_shard_after_process_start_s": round(min(computed) - started, 3) if started and computed else None,
-        "inference_process_cpu_s": round(inference_process_cpu_s, 3),
-    }
+def check_settings(config: BenchmarkConfig) -> None:
+    """The settings that need no input read: grid intensity, evaluation backend, the store (reachable, writable)."""
+    grid_intensity(config.grid_intensity)
+    require_backend(config.eval_backend)
+    open_store(config.store).check_writable()
 
 
 def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -> str:
@@ -176,9 +165,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     logger = get_run_logger()
     config = config.resolved()
     with clock("inputs"):
-        grid_intensity(config.grid_intensity)  # a bad setting fails here, before any work
-        require_backend(config.eval_backend)
-        open_store(config.store).check_writable()
+        check_settings(config)  # a bad setting fails here, before any work
         model, annotations, images, calibration_images = resolve_inputs(config)
         variants = [v for v in VARIANTS if v in config.variants]
         check_variants(model, variants, calibration_images)
@@ -210,8 +197,9 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         for shard in shards  # shard-major: a shard's variants run close together and share its decoded images
         for v in variants
     ]
-    inference_cpu_started, rapl_before, shared_before = time.process_time(), read_rapl(), (SHARED.hits, SHARED.misses)
-    with clock("inference"), ThreadPoolTaskRunner(max_workers=config.workers) as runner:  # at most `workers` shards at a time
+    # RAPL only counts here when the shards run here; at most `workers` shards at a time.
+    with clock("inference"), StageMeter(rapl=config.execution == "local") as inference_stage, \
+            ThreadPoolTaskRunner(max_workers=config.workers) as runner:
         if config.execution == "local":
             futures = runner.map(infer_shard_task, {"job": jobs})
         else:
@@ -219,11 +207,8 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
                                                         "job_variables": unmapped(config.job_variables),
                                                         "timeout_s": unmapped(config.shard_timeout_s)})
         outputs = follow_progress(futures, jobs, logger)
-    inference_process_cpu_s = time.process_time() - inference_cpu_started
-    rapl_after = read_rapl() if rapl_before and config.execution == "local" else None  # shards ran here
     host = host_info()
-    energy = energy_method(run_power(host["cpu"], rapl_after and rapl_delta_joules(rapl_before, rapl_after), inference_process_cpu_s),
-                           config.grid_intensity)
+    energy = energy_method(run_power(host["cpu"], inference_stage.package_joules, inference_stage.process_cpu_s), config.grid_intensity)
     shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}
     logger.info("shards: %(computed)d computed, %(reused)d reused from the store", shards_run)
 
@@ -273,8 +258,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)
         report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
                                                                          thresholds, config.bootstrap_resamples)
-    report["stages"] = run_stages(clock, flow_started, outputs, inference_process_cpu_s)
-    report["stages"]["decoded_images"] = {"shared": SHARED.hits - shared_before[0], "decoded": SHARED.misses - shared_before[1]}
+    report["stages"] = run_stages(clock, flow_started, outputs, inference_stage)
     url = report_task(report, config.store, run_prefix)
     logger.info("report: %s (page: %s)", url, presentation_task(report, url, config.store, run_prefix))
     logger.info("stages (s): %s; publishing %.1f", ", ".join(f"{k} {v}" for k, v in report["stages"]["wall_s"].items()),
@@ -292,9 +276,7 @@ def validate(config: BenchmarkConfig) -> None:
     writable), the model (parses, right signature), the dataset, the calibration images
     (readable, disjoint from the evaluation images by content)."""
     config = config.resolved()
-    grid_intensity(config.grid_intensity)
-    require_backend(config.eval_backend)
-    open_store(config.store).check_writable()
+    check_settings(config)
     model, annotations, images, calibration_images = resolve_inputs(config)
     check_variants(model, list(config.variants), calibration_images)
     model_input(model)

@@ -80,12 +80,13 @@ def backend_ground_truth(gt, backend: str = "pycocotools"):
         if not isinstance(gt, COCO):
             raise TypeError(f"the pycocotools backend needs a pycocotools COCO ground truth, not {type(gt).__name__}")
         return gt
-    fast_coco = _faster_coco_eval().COCO
-    return gt if isinstance(gt, fast_coco) else fast_coco(copy.deepcopy(gt.dataset))
+    return gt if isinstance(gt, _faster_coco_eval().COCO) else ground_truth(gt.dataset, backend)
 
 
-def ground_truth(document: dict) -> COCO:
-    coco = COCO()
+def ground_truth(document: dict, backend: str = "pycocotools"):
+    """The annotations ``document`` as ``backend``'s ``COCO`` (over a deep copy: evaluation adds to it)."""
+    _check_backend(backend)
+    coco = COCO() if backend == "pycocotools" else _faster_coco_eval().COCO()
     coco.dataset = copy.deepcopy(document)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
@@ -192,10 +193,7 @@ def evaluate(gt, detections: list[dict], image_ids: list[int], iou_type: str = "
     run_evaluator(evaluator)
     result = {**summary(evaluator), "images": len(image_ids)}
     if per_image:
-        from tasks.significance import (
-            per_image_from_evaluator,
-            per_image_from_faster_evaluator,
-        )
+        from tasks.significance import per_image_from_evaluator, per_image_from_faster_evaluator
 
         from_evaluator = per_image_from_evaluator if backend == "pycocotools" else per_image_from_faster_evaluator
         result["per_image"] = from_evaluator(evaluator)
@@ -228,7 +226,7 @@ def evaluate_task(annotations_url: str, detections_url: str, image_ids: list[int
     from tasks.dataset import read_annotations
 
     store, key = split_url(detections_url)
-    results = evaluate_all(ground_truth(read_annotations(annotations_url)), store.read_json(key), image_ids, per_image=True,
-                           backend=backend)
+    results = evaluate_all(ground_truth(read_annotations(annotations_url), backend), store.read_json(key), image_ids,
+                           per_image=True, backend=backend)
     per_image = {iou_type: result.pop("per_image") for iou_type, result in results.items()}
     return {**results["bbox"], **({"segm": results["segm"]} if "segm" in results else {}), "per_image": per_image}

@@ -17,6 +17,10 @@
 - memory: the process's resident set size (``VmRSS``) sampled every ``interval_s`` by a daemon
   thread; the peak of the samples (and of ``VmRSS`` at start and stop). It is the *process's*
   memory: in local execution every shard of the flow shares it.
+
+``StageMeter`` wraps a run's whole inference stage (process CPU, RAPL energy, shared inputs) and
+``StageClock`` times its stages; ``run_stages`` and ``inference_summary`` make report.json's
+``stages`` and each variant's ``inference`` from them.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
+
+from tasks.energy import rapl_delta_joules, read_rapl
+from tasks.prefetch import SHARED
 
 MB = 1_000_000
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -52,10 +59,10 @@ class Usage:
         return self.ended - self.started
 
 
-def rss_bytes() -> int:
-    """The process's resident set size now, bytes (0 where /proc is absent)."""
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of process ``pid`` (this one by default) now, bytes (0 where /proc is absent or it has gone)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -182,6 +189,46 @@ class StageClock:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+
+class StageMeter:
+    """Context manager over a run's inference stage: the process's CPU seconds (every shard thread
+    in local execution, plus Prefect's own), the CPU packages' energy by RAPL when ``rapl`` and the
+    counters are readable here (J, else None), and the images prepared for shards in this process
+    (``decoded``) or taken from another variant's task of the same shard (``shared``)."""
+
+    def __init__(self, rapl: bool = True):
+        self.rapl = rapl
+        self.process_cpu_s = 0.0
+        self.package_joules: float | None = None
+        self.decoded = self.shared = 0
+
+    def __enter__(self) -> Self:
+        self._cpu, self._rapl, self._counts = time.process_time(), read_rapl() if self.rapl else None, (SHARED.misses, SHARED.hits)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process_cpu_s = time.process_time() - self._cpu
+        after = read_rapl() if self._rapl else None
+        self.package_joules = rapl_delta_joules(self._rapl, after) if after else None
+        self.decoded, self.shared = SHARED.misses - self._counts[0], SHARED.hits - self._counts[1]
+
+
+def run_stages(clock: StageClock, flow_started: float, outputs: list, inference: StageMeter) -> dict:
+    """report.json's ``stages``: wall seconds by stage (``startup``: process start → the flow's
+    first line — imports and, from the CLI, Prefect's ephemeral server; the process's age when the
+    flow is called in a long-lived one), the first computed shard's start after process start, the
+    process CPU seconds while shards ran (local execution: every shard thread plus Prefect's own;
+    deployment: Prefect's own only, shards ran elsewhere) and ``decoded_images`` (see
+    :class:`StageMeter`). Publishing the report (write, artifacts, page) comes after."""
+    started = process_started()
+    computed = [o.usage["started"] for o in outputs if o.usage and not o.reused]
+    return {
+        "wall_s": {"startup": round(flow_started - started, 3) if started else None, **clock.seconds},
+        "first_shard_after_process_start_s": round(min(computed) - started, 3) if started and computed else None,
+        "inference_process_cpu_s": round(inference.process_cpu_s, 3),
+        "decoded_images": {"shared": inference.shared, "decoded": inference.decoded},
+    }
 
 
 def inference_summary(outputs: list) -> dict:
