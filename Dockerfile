@@ -1,4 +1,4 @@
-# quantbench images: one base, two targets. Build them with `make images` (see README, "The stack"),
+# quantbench images: one base, two targets. Build them with `make images` (see docs/cluster-and-images.md, "The stack"),
 # which first fills build/wheelhouse/ on the host with every pinned wheel (`make wheelhouse`, the
 # host's own pip configuration: index, certificates, proxies). The build itself reaches no index and
 # needs no credentials, so nothing of the host's network set-up ends up in an image.
@@ -15,7 +15,7 @@
 # (debootstrap) and `make images` uses it. The virtualenv at /opt/venv makes both bases alike.
 #
 #   docker run --rm --network host -v "$PWD/results:/opt/quantbench/quantbench-results" quantbench:full quantbench run --limit 50
-#       (the folder must be writable by uid 10001, the image's user: see README)
+#       (the folder must be writable by uid 10001, the image's user: see docs/cluster-and-images.md)
 #
 # ENTRYPOINT is only tini, so the command is CMD alone: Prefect's Docker worker replaces CMD with
 # `prefect flow-run execute`, and its Kubernetes worker sets that as the container's args; tini

@@ -15,7 +15,7 @@ test: $(VENV)/.installed
 train-demo: $(VENV)/.installed
 	$(BIN)/python -m demo.train --out demo/model
 
-# Container images quantbench:slim, quantbench:full and quantbench:s3 (README, "The stack"); needs a
+# Container images quantbench:slim, quantbench:full and quantbench:s3 (docs/cluster-and-images.md, "The stack"); needs a
 # Docker engine. Without a registry, the base image is built from Debian packages (make base-image).
 images:
 	PYTHON=$(PYTHON) infra/docker/build-images.sh

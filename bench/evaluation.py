@@ -7,12 +7,12 @@ and detections shaped like a detector's: each non-crowd object found with probab
 (box and mask jittered by ~8% of its size, score ~ Beta(4, 2)), the rest of the image's fixed
 100 detections false positives (random objects, a third of them in a category the image has,
 score ~ Beta(1, 6)). Scores are rounded to 6 decimals and boxes to 1/1000 pixel, as
-:func:`tasks.coco_format.od_api_to_coco` stores them. Ground-truth objects are 16-vertex
+:func:`tasks.data.coco_format.od_api_to_coco` stores them. Ground-truth objects are 16-vertex
 polygons (ellipses with jittered radii); mask detections are compressed RLEs of the jittered
 polygons.
 
 Times are ``evaluate()`` + ``accumulate()`` + ``summarize()`` in seconds of wall time, for the
-evaluator as :func:`tasks.evaluation.evaluate_task` builds it (``per_image=True``); building the
+evaluator as :func:`tasks.score.evaluation.evaluate_task` builds it (``per_image=True``); building the
 ground truth and ``loadRes`` are not timed. Each row checks that the 12 ``COCOeval.stats`` are
 bit-identical between the backends (``identical``); where they are not, the run fails unless the
 difference is pycocotools' precision epsilon (see :func:`compare_backends`).
@@ -31,7 +31,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tabulate import tabulate
 
-from tasks.evaluation import (
+from tasks.score.evaluation import (
     backend_ground_truth,
     ground_truth,
     make_evaluator,
@@ -155,7 +155,7 @@ def compare_backends(images: int = 5000, seed: int = 0) -> list[dict]:
     "faster_coco_eval_s", "speedup", "identical"}`` (seconds; speedup = pycocotools_s /
     faster_coco_eval_s; identical: the 12 stats are equal bit for bit). Raises AssertionError
     when they differ by more than pycocotools' precision epsilon explains (a last-bit AP
-    difference, see tasks/evaluation.py), i.e. unless faster-coco-eval's stats are bit for bit
+    difference, see tasks/score/evaluation.py), i.e. unless faster-coco-eval's stats are bit for bit
     pycocotools' with that epsilon taken out."""
     rng = np.random.default_rng(seed)
     document = synthetic_ground_truth(images, rng)

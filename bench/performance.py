@@ -6,14 +6,14 @@
    (``bench/detector.py``) and real COCO images (``../shared/coco-mini``, else the demo images):
    the bare loop (images decoded and resized beforehand, ``invoke()`` only, one interpreter per
    thread, W threads splitting the images) against the project's inference stage
-   (``tasks.inference.infer_shard`` over shards of the same images, W at a time in threads, as the
+   (``tasks.run.inference.infer_shard`` over shards of the same images, W at a time in threads, as the
    flow's local execution runs them: model load, read, decode, resize, invoke, COCO conversion,
    store), for W = 1..cores workers and T = 1..cores interpreter threads, with the decode prefetch
    on (the default) and off (the loop before it), each run decoding its own images (sharing
    off, as a one-variant run). Each configuration is measured ``--rounds`` times, interleaved
    (bare, pipeline, pipeline without prefetch), and the median is shown. Scaling efficiency:
    images/s at W workers over W x images/s at one worker (T = 1). Then both variants in one
-   stage (shard-major, W = cores), decoding each image once for both (``tasks.prefetch.SHARED``)
+   stage (shard-major, W = cores), decoding each image once for both (``tasks.run.prefetch.SHARED``)
    or once per variant.
 2. **Evaluation**: pycocotools vs faster-coco-eval on 5,000 synthetic images (``bench/evaluation.py``).
 3. **Fixed costs**: the CLI on the demo (``quantbench run``) in a process of its own: start-up
@@ -22,7 +22,7 @@
    process work pool (server, 2 workers, each shard a flow run in a process of its own).
 4. **Memory and energy**: peak RSS of an inference worker per variant (a process that never
    imports TensorFlow: the models are built and converted in a subprocess), CPU-seconds and
-   estimated joules per image (``tasks.energy``).
+   estimated joules per image (``tasks.run.energy``).
 """
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def prepare_models(work: Path) -> dict:
 
 def _prepare(work: Path) -> dict:
     from bench.detector import build
-    from tasks.models import convert_variant
-    from tasks.sources import resolve_model
-    from tasks.store import split_url
+    from tasks.model.variants import convert_variant
+    from tasks.model.sources import resolve_model
+    from tasks.store.object_store import split_url
 
     model = resolve_model(str(build(work / "model")), work / "cache")
     store = (work / "models").as_uri()
@@ -74,7 +74,7 @@ def _prepare(work: Path) -> dict:
 
 def bench_dataset(count: int, work: Path):
     """The first ``count`` images of coco-mini (real COCO JPEGs), else of the demo's val split."""
-    from tasks.dataset import load_dataset
+    from tasks.data.dataset import load_dataset
 
     if (COCO_MINI / "instances_train2017_subset.json").is_file():
         return load_dataset(str(COCO_MINI / "instances_train2017_subset.json"), str(COCO_MINI / "train2017"), count), "coco-mini (COCO train2017 JPEGs)"
@@ -86,8 +86,8 @@ def bench_dataset(count: int, work: Path):
 
 def decoded_inputs(dataset, fixed_size) -> tuple[list, float]:
     """Every image read, decoded and resized (model input batches), and the ms per image that took."""
-    from tasks.dataset import ImageReader
-    from tasks.prefetch import prepare
+    from tasks.data.dataset import ImageReader
+    from tasks.run.prefetch import prepare
 
     reader, started = ImageReader(dataset.images_url), time.perf_counter()
     batches = [prepare(reader, record, fixed_size).batch for record in dataset.images]
@@ -99,7 +99,7 @@ def decoded_inputs(dataset, fixed_size) -> tuple[list, float]:
 # ---------------------------------------------------------------------------------------------
 def bare_images_per_s(model_path: str, batches: list, workers: int, threads: int) -> float:
     """W threads, one interpreter each (loaded and warmed before the clock), splitting ``batches``."""
-    from tasks.runtimes import LiteRTRuntime
+    from tasks.model.runtimes import LiteRTRuntime
 
     runtimes = [LiteRTRuntime(Path(model_path), threads) for _ in range(workers)]
     for runtime in runtimes:
@@ -125,7 +125,7 @@ def bare_images_per_s(model_path: str, batches: list, workers: int, threads: int
 
 def pipeline_run(jobs_for, workers: int, prefetch: int) -> tuple[float, list]:
     """The inference stage over fresh store (nothing reused): images/s and the shard outputs."""
-    from tasks.inference import infer_shard
+    from tasks.run.inference import infer_shard
 
     jobs = jobs_for(Path(tempfile.mkdtemp(prefix="quantbench-bench-store-")).as_uri())
     images = sum(len(job.shard.images) for job in jobs)
@@ -137,8 +137,8 @@ def pipeline_run(jobs_for, workers: int, prefetch: int) -> tuple[float, list]:
 
 def shard_jobs(models: dict, dataset, shard_size: int, variants: tuple[str, ...], threads: int):
     """``store_url -> [ShardJob]`` for ``variants`` over the dataset's shards, shard-major as the flow orders them."""
-    from tasks.dataset import make_shards
-    from tasks.inference import ShardJob
+    from tasks.data.dataset import make_shards
+    from tasks.run.inference import ShardJob
 
     shards = make_shards(dataset, shard_size)
 
@@ -150,7 +150,7 @@ def shard_jobs(models: dict, dataset, shard_size: int, variants: tuple[str, ...]
 
 
 def pipeline_vs_bare(models: dict, dataset, batches: list, cores: int, rounds: int, shard_size: int) -> tuple[list[dict], dict]:
-    from tasks.prefetch import SHARED
+    from tasks.run.prefetch import SHARED
 
     SHARED.max_bytes = 0  # each run decodes its own images, as a run of one variant does
     rows, usage = [], {}
@@ -180,7 +180,7 @@ def pipeline_vs_bare(models: dict, dataset, batches: list, cores: int, rounds: i
 def shared_decode_gain(models: dict, dataset, cores: int, rounds: int, shard_size: int) -> dict:
     """Both variants in one stage at W = cores, T = 1: images/s (images x variants over the stage's
     wall time) decoding each image once for both variants, and once per variant."""
-    from tasks.prefetch import SHARED
+    from tasks.run.prefetch import SHARED
 
     jobs_for = shard_jobs(models, dataset, shard_size, VARIANTS, 1)
     rates = {"once": [], "per_variant": []}
@@ -210,7 +210,7 @@ def scaling(rows: list[dict], cores: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants now, MB (10^6 bytes)."""
-    from tasks.usage import rss_bytes
+    from tasks.run.usage import rss_bytes
 
     total, pending = 0, [pid]
     while pending:
@@ -240,7 +240,7 @@ def cli_run(work: Path) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"quantbench run failed (exit {process.returncode}):\n{output[-2000:]}")
     url = next(line for line in output.splitlines() if line.startswith("report: ")).removeprefix("report: ")
-    from tasks.store import split_url
+    from tasks.store.object_store import split_url
 
     folder, key = split_url(url)
     return {"report": folder.read_json(key), "wall_s": wall_s, "peak_tree_rss_mb": peak}
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=5000, help="synthetic images for the evaluation backends")
     parser.add_argument("--skip-pool", action="store_true", help="skip the process work pool (needs ~2 min)")
     args = parser.parse_args(argv)
-    from tasks.latency import host_info
+    from tasks.run.latency import host_info
 
     cores = len(os.sched_getaffinity(0))
     work = Path(tempfile.mkdtemp(prefix="quantbench-bench-"))
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print("building and converting the bench detector …", file=sys.stderr)
     models = prepare_models(work)
     dataset, images_source = bench_dataset(args.images, work)
-    from tasks.runtimes import LiteRTRuntime
+    from tasks.model.runtimes import LiteRTRuntime
 
     runtime = LiteRTRuntime(Path(models["float32"]), 1)
     batches, decode_ms = decoded_inputs(dataset, runtime.fixed_size)
@@ -363,10 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Deployment execution, process pool (2 workers polling every 1 s, {pool['shards']} shard flow runs of 5 demo "
               f"images): per-shard overhead {pool['overhead_median_s']:.1f} s median, {pool['overhead_max_s']:.1f} s max "
               f"(scheduled → finished, minus the shard's own compute). Docker pool: measured by tests/test_docker_pool.py "
-              f"(README, The stack).")
+              f"(docs/cluster-and-images.md, The stack).")
 
     print("\n## 4. Memory, CPU and energy per image\n")
-    from tasks.energy import energy_method, run_power, variant_energy
+    from tasks.run.energy import energy_method, run_power, variant_energy
 
     method = energy_method(run_power(host["cpu"], None, 0.0), None)
     energy_rows = []

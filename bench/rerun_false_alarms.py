@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks.store import split_url
+from tasks.store.object_store import split_url
 
 
 def main() -> int:

@@ -8,11 +8,7 @@ flow runs in Prefect's ephemeral mode.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import secrets
-import struct
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,37 +18,32 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.calibration import calibration_files, calibration_task
-from tasks.coverage import compare_task
-from tasks.dataset import Dataset, load_dataset, make_shards
-from tasks.errors import QuantbenchError
-from tasks.evaluation import EVAL_BACKENDS, evaluate_task, require_backend
-from tasks.gather import gather_variant_task
-from tasks.inference import ShardJob, cache_dir, infer_shard_task, run_shard_deployment
-from tasks.latency import host_info, latency_task, load_inputs
-from tasks.models import (
-    CALIBRATED_RECIPES,
-    DEFAULT_VARIANTS,
-    QUANTIZER_RECIPES,
-    VARIANTS,
-    Calibration,
-    check_saved_model,
-    convert_variant,
-    saved_model_artifact,
-)
-from tasks.alerts import emit_regression_event
-from tasks.energy import energy_method, grid_intensity, run_power, variant_energy
-from tasks.regression import RegressionsFound, Thresholds, describe, regression_task
-from tasks.report import VariantResult, build_report, report_task
-from tasks.presentation import presentation_task
-from tasks.progress import follow as follow_progress
-from tasks.significance import significance_task
-from tasks.runtimes import LiteRTRuntime, prepare_input
-from tasks.usage import StageClock, StageMeter, inference_summary, run_stages
-from tasks.sources import ResolvedModel, resolve_model, shown
-from tasks.store import open_store
+from tasks.data.dataset import load_dataset, make_shards
+from tasks.model.calibration import calibration_files, calibration_task, comparison_inputs
+from tasks.model.checks import check_variants, model_input
+from tasks.model.coverage import compare_task
+from tasks.model.sources import ResolvedModel, resolve_model, shown
+from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS, convert_variant, saved_model_artifact
+from tasks.nightly.alerts import emit_regression_event
+from tasks.nightly.regression import RegressionsFound, Thresholds, describe, regression_task
+from tasks.publish.presentation import presentation_task
+from tasks.publish.report import VariantResult, build_report, report_task, run_identity
+from tasks.run.energy import energy_method, grid_intensity, run_power, variant_energy
+from tasks.run.inference import ShardJob, infer_shard_task, run_shard_deployment
+from tasks.run.latency import host_info, latency_task
+from tasks.run.progress import follow as follow_progress
+from tasks.run.usage import StageClock, StageMeter, inference_summary, run_stages
+from tasks.score.evaluation import EVAL_BACKENDS, evaluate_task, require_backend
+from tasks.score.gather import gather_variant_task
+from tasks.score.significance import significance_task
+from tasks.store.errors import QuantbenchError
+from tasks.store.object_store import cache_dir, open_store
 
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
+
+
+# Settings that decide where and how a run executes, never what it computes: left out of the run's identity.
+EXECUTION_SETTINGS = frozenset({"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s"})
 
 
 def default_store() -> str:
@@ -93,6 +84,10 @@ class BenchmarkConfig(BaseModel):
         """This config with the store decided here and now (empty: :func:`default_store`)."""
         return self if self.store else self.model_copy(update={"store": default_store()})
 
+    def result_settings(self) -> dict:
+        """The settings that decide the results (all but :data:`EXECUTION_SETTINGS`)."""
+        return self.model_dump(exclude=set(EXECUTION_SETTINGS))
+
     @model_validator(mode="after")
     def _dataset_given_whole(self) -> "BenchmarkConfig":
         if (self.annotations is None) != (self.images is None):
@@ -112,50 +107,11 @@ def resolve_inputs(config: BenchmarkConfig) -> tuple[ResolvedModel, str, str, st
     return model, config.annotations, config.images, config.calibration_images
 
 
-def model_input(model: ResolvedModel) -> dict:
-    """The model's image input: ``{"name", "dtype", "shape"}`` (-1 for dynamic dimensions).
-
-    Parses the model (``saved_model.pb``, or the ``.tflite`` in an interpreter), so a corrupt
-    file fails here with one line."""
-    if model.kind == "saved_model":
-        return check_saved_model(model.path)
-    try:
-        runtime = LiteRTRuntime(model.path)
-    except (ValueError, RuntimeError, struct.error) as error:  # struct.error: the flatbuffer reader
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QuantbenchError(f"{model.path} is not a valid .tflite model ({reason}); pass a LiteRT flatbuffer") from None
-    height, width = runtime.fixed_size or (-1, -1)
-    return {"name": runtime.input_name, "dtype": "uint8", "shape": [1, height, width, 3]}
-
-
-def check_variants(model: ResolvedModel, variants: list[str], calibration_images: str | None) -> None:
-    if model.kind == "tflite":
-        needs_saved_model = [v for v in variants if v not in ("float32", *QUANTIZER_RECIPES)]
-        if needs_saved_model:
-            raise QuantbenchError(f"{model.source} is a .tflite: variant(s) {', '.join(needs_saved_model)} need the SavedModel; use float32 and quantizer variants")
-    calibrated = [v for v in variants if v in CALIBRATED_RECIPES]
-    if calibrated and not calibration_images:
-        raise QuantbenchError(f"variant(s) {', '.join(calibrated)} need --calibration-images DIR (images disjoint from the evaluation set)")
-
-
-def comparison_inputs(dataset: Dataset, fixed_size: tuple[int, int] | None) -> Calibration:
-    """Without calibration images, outputs are compared on the first evaluation images."""
-    batches = tuple(prepare_input(pixels, fixed_size) for pixels in load_inputs(dataset.images_url, list(dataset.images), 4))
-    return Calibration(source=f"first {len(batches)} readable evaluation images (comparison only)", digest="", batches=batches)
-
-
 def check_settings(config: BenchmarkConfig) -> None:
     """The settings that need no input read: grid intensity, evaluation backend, the store (reachable, writable)."""
     grid_intensity(config.grid_intensity)
     require_backend(config.eval_backend)
     open_store(config.store).check_writable()
-
-
-def run_identity(config: BenchmarkConfig, model_digest: str, dataset: Dataset) -> str:
-    settings = config.model_dump(exclude={"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s"})
-    settings.update(model_digest=model_digest, dataset_digest=dataset.digest)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{digest}-{secrets.token_hex(2)}"  # unique even within a second
 
 
 @flow(name="quantbench-benchmark")
@@ -173,7 +129,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         fixed_size = tuple(image_input["shape"][1:3]) if min(image_input["shape"][1:3]) > 0 else None
         dataset = load_dataset(annotations, images, config.limit)
         shards = make_shards(dataset, config.shard_size)
-    run_id = run_identity(config, model.digest, dataset)
+    run_id = run_identity(config.result_settings(), model.digest, dataset.digest)
     run_prefix = f"runs/{run_id}"
     logger.info("run %s: %d images in %d shards, variants %s", run_id, len(dataset.images), len(shards), ", ".join(variants))
 

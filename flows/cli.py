@@ -1,8 +1,8 @@
 """Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
 ``quantbench alerts install --webhook-url URL`` sets up regression notifications on the Prefect server;
 ``quantbench crash-detection install`` the automation that finds dead shard workers in minutes.
-``quantbench results list|show|fetch|history`` browses the runs in a store (``tasks.results``,
-``tasks.history``).
+``quantbench results list|show|fetch|history`` browses the runs in a store (``tasks.publish.results``,
+``tasks.publish.history``).
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2; any other failure (an
 outage that outlasted the retries, a bug) with one ``error: …`` line and exit status 1. Python
@@ -11,10 +11,13 @@ tracebacks stay in the Prefect flow-run log; ``--verbose`` shows them on the ter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
+import re
 import sys
+import threading
 from pathlib import Path
 
 # Offline runs must not log "Failed to send telemetry": no usage analytics from the ephemeral server.
@@ -22,9 +25,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from pydantic import ValidationError
 
-from tasks.errors import QuantbenchError, TransientError
-from tasks.evaluation import EVAL_BACKENDS
-from tasks.models import DEFAULT_VARIANTS, VARIANTS
+from tasks.store.errors import QuantbenchError, TransientError
+from tasks.score.evaluation import EVAL_BACKENDS
+from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return _install(_install_alert, args.webhook_url)
     if args.command == "crash-detection":
         return _install(_install_crash_detection)
+    if args.quiet:
+        with _native_chatter_off_the_terminal():
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``quantbench run``: validate, run the benchmark flow, print the table and the report's URL."""
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet") and v is not None}
     if not args.verbose:
         _tracebacks_off_the_terminal()
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("prefect").setLevel(logging.WARNING)
     try:
         from flows.benchmark import BenchmarkConfig, benchmark, validate
-        from tasks.regression import RegressionsFound, describe
+        from tasks.nightly.regression import RegressionsFound, describe
 
         config = BenchmarkConfig(**options)
         validate(config)
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_published(report_url: str) -> None:
     """The report table, then where the HTML page and report.json are (report.json last)."""
-    from tasks.presentation import html_url
+    from tasks.publish.presentation import html_url
 
     print(_table(report_url))
     print(f"html: {html_url(report_url)}")
@@ -153,14 +164,14 @@ def _install(installer, *args) -> int:
 
 
 def _install_alert(webhook_url: str) -> str:
-    from tasks.alerts import install_regression_alert
+    from tasks.nightly.alerts import install_regression_alert
 
     block_id, automation_id = install_regression_alert(webhook_url)
     return f"regression alert installed: automation {automation_id} notifies webhook block {block_id}"
 
 
 def _install_crash_detection() -> str:
-    from tasks.alerts import install_crash_detection
+    from tasks.nightly.alerts import install_crash_detection
 
     return f"crash detection installed: automation {install_crash_detection()} marks shard flow runs silent for 90 s Crashed"
 
@@ -202,10 +213,45 @@ def _tracebacks_off_the_terminal() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
+# Lines native libraries write straight to file descriptor 2, past Python's logging: LiteRT's
+# "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", and absl's INFO/WARNING lines of the
+# TensorFlow converter ("W0000 00:00:1796456207.249849    4961 tf_tfl_flatbuffer_helpers.cc:365] ...").
+NATIVE_CHATTER = re.compile(rb"(INFO: |WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+
+
+@contextlib.contextmanager
+def _native_chatter_off_the_terminal():
+    """For ``--quiet``: stderr passes through a pipe that drops :data:`NATIVE_CHATTER` lines and
+    forwards everything else (error lines included) as it comes. Neither LiteRT nor TensorFlow's
+    Python API offers a switch for these lines (TFLite's minimum log severity is set in C++ only)."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not NATIVE_CHATTER.match(line):
+                    os.write(terminal, line)
+
+    forwarder = threading.Thread(target=forward, name="quiet-stderr", daemon=True)
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # the pipe ends once no process holds it (a Prefect server child may, until it exits)
+        forwarder.join(timeout=2)
+        if not forwarder.is_alive():
+            os.close(terminal)
+
+
 def _results(args: argparse.Namespace) -> int:
     """``quantbench results list|show|fetch``: read-only over the store, except fetch's DEST."""
-    from tasks import results
-    from tasks.store import open_store
+    from tasks.publish import results
+    from tasks.store.object_store import open_store
 
     try:
         if args.store is None:
@@ -217,7 +263,7 @@ def _results(args: argparse.Namespace) -> int:
             print(results.list_text(store))
             return 0
         if args.action == "history":
-            from tasks.history import history_table_text, read_history
+            from tasks.publish.history import history_table_text, read_history
 
             frame = read_history(store, args.model, args.variant)
             print(frame.to_csv(index=False).rstrip("\n") if args.csv else history_table_text(frame, store.url_for("history")))
@@ -238,8 +284,8 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _table(report_url: str) -> str:
-    from tasks.report import format_table, report_table
-    from tasks.store import split_url
+    from tasks.publish.report import format_table, report_table
+    from tasks.store.object_store import split_url
 
     store, key = split_url(report_url)
     return format_table(report_table(store.read_json(key)))

@@ -1,7 +1,7 @@
 """The per-shard flow: one (variant, shard) as a flow run of its own — what a work pool runs in
 its own process or container when the benchmark runs with ``execution="deployment"``.
 
-It runs exactly the function the local mode runs in a task (``tasks.inference.infer_shard``), so
+It runs exactly the function the local mode runs in a task (``tasks.run.inference.infer_shard``), so
 both modes store identical shard outputs under identical keys.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from prefect import flow, get_run_logger
 
-from tasks.inference import ShardJob, infer_shard
+from tasks.run.inference import ShardJob, infer_shard
 
 
 @flow(name="quantbench-shard", flow_run_name="{job.variant}-shard-{job.shard.index}")

@@ -20,7 +20,7 @@ LABEL = "{}={}".format(*next(iter(LABELS.items())))  # as `docker --label` and `
 def engine_problem() -> str | None:
     """Why no Docker engine can be used here, or None when one answers."""
     if not shutil.which("docker"):
-        return "no docker client on PATH (README, 'The stack': apt-get install docker.io, then start dockerd)"
+        return "no docker client on PATH (docs/cluster-and-images.md, 'The stack': apt-get install docker.io, then start dockerd)"
     try:
         info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:

@@ -1,12 +1,12 @@
 """Mask oracle: COCO ground truth expressed as TF OD API mask-model outputs (normalised yxyx boxes,
 float classes, scores, and box-relative ``detection_masks``), such that
-:func:`tasks.masks.reframe_box_masks` (half-pixel convention, ``align_corners=False``) gives back
+:func:`tasks.data.masks.reframe_box_masks` (half-pixel convention, ``align_corners=False``) gives back
 the ground-truth masks **pixel for pixel**, so the COCO conversion must score AP = 1 exactly.
 
-Why the round trip is exact (see tasks/masks.py for the sampling):
+Why the round trip is exact (see tasks/data/masks.py for the sampling):
 
 1. Which pixels are sampled. The box is the annotation's ``bbox`` normalised by ``W, H``
-   (float64, :func:`tasks.coco_format.coco_to_od_api_boxes`). In the half-pixel convention pixel
+   (float64, :func:`tasks.data.coco_format.coco_to_od_api_boxes`). In the half-pixel convention pixel
    ``i`` is inside iff ``y / H <= (i + 0.5) / H <= (y + h) / H``, which (division by the same
    ``H`` is correctly rounded, hence monotone) holds iff its centre ``i + 0.5`` lies in
    ``[y, y + h]``. pycocotools rasterises polygons to pixels whose centres lie in the polygon's
@@ -39,7 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from tasks.coco_format import coco_to_od_api_boxes, od_api_to_coco
+from tasks.data.coco_format import coco_to_od_api_boxes, od_api_to_coco
 
 CELLS_PER_PIXEL = 2  # the minimum for an exact bilinear round trip (see the module docstring)
 PADDING_ROWS = 2  # like a real model's fixed-size outputs: rows past num_detections are garbage
@@ -112,7 +112,7 @@ def ground_truth_as_mask_model_outputs(coco: COCO, image: dict, include_crowd: b
 
 def ground_truth_mask_detections(coco: COCO, mask_transform=None) -> list[dict]:
     """Every non-crowd ground-truth instance of every image, through the model-outputs form and
-    back by :func:`tasks.coco_format.od_api_to_coco` (``masks=``, half-pixel convention).
+    back by :func:`tasks.data.coco_format.od_api_to_coco` (``masks=``, half-pixel convention).
     ``mask_transform`` (box masks → box masks) lets a test corrupt the masks on the way."""
     detections = []
     for image_id in sorted(coco.imgs):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.coco_format import coco_to_od_api_boxes
+from tasks.data.coco_format import coco_to_od_api_boxes
 
 SCALE = 16384  # table values are coordinates × 2^-14 (exact in float16 too)
 CATEGORIES = [{"id": 2, "name": "bicycle"}, {"id": 5, "name": "airplane"}, {"id": 90, "name": "toothbrush"}]

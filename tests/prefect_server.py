@@ -119,7 +119,7 @@ class Cluster:
 
 def read_report(url: str) -> dict:
     """The JSON document at a store URL (a run's report.json, a variant's detections)."""
-    from tasks.store import split_url
+    from tasks.store.object_store import split_url
 
     store, key = split_url(url)
     return store.read_json(key)

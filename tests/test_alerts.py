@@ -15,8 +15,8 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from demo import DEMO_MODEL_DIR
-from tasks.alerts import AUTOMATION_FILE, BLOCK_ID_PLACEHOLDER, REGRESSION_EVENT, install_regression_alert
-from tasks.errors import QuantbenchError
+from tasks.nightly.alerts import AUTOMATION_FILE, BLOCK_ID_PLACEHOLDER, REGRESSION_EVENT, install_regression_alert
+from tasks.store.errors import QuantbenchError
 from tests.prefect_server import PREFECT, Cluster, wait_for
 from tests.regressed import build_shifted_model
 

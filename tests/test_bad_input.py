@@ -132,8 +132,8 @@ def test_calibration_copies_of_evaluation_images_are_refused_by_content(capfd, o
 
 
 def test_empty_and_unreadable_image_files_have_readable_reasons():
-    from tasks.dataset import decode_rgb
-    from tasks.errors import ImageDecodeError
+    from tasks.data.dataset import decode_rgb
+    from tasks.store.errors import ImageDecodeError
 
     with pytest.raises(ImageDecodeError, match="^empty file$"):
         decode_rgb(b"")
@@ -167,8 +167,8 @@ def test_a_variant_with_no_evaluated_image_fails_the_run_without_a_report(capfd,
 
 
 def test_undefined_ap_gives_undefined_deltas_never_a_sentinel():
-    from tasks.evaluation import evaluate, ground_truth
-    from tasks.report import difference, format_table
+    from tasks.score.evaluation import evaluate, ground_truth
+    from tasks.publish.report import difference, format_table
 
     document = {"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}], "annotations": [],
                 "categories": [{"id": 1, "name": "thing"}]}

@@ -1,7 +1,7 @@
 """The TF OD API → COCO conversion, on numbers worked out by hand."""
 import numpy as np
 
-from tasks.coco_format import coco_to_od_api_boxes, od_api_to_coco
+from tasks.data.coco_format import coco_to_od_api_boxes, od_api_to_coco
 
 
 def test_normalised_yxyx_becomes_pixel_xywh_of_the_original_image():
@@ -37,7 +37,7 @@ def test_round_trip_with_the_inverse():
 
 
 def test_classes_outside_the_dataset_are_counted_not_kept():
-    from tasks.inference import keep_dataset_categories
+    from tasks.run.inference import keep_dataset_categories
 
     detections = [{"category_id": c, "score": 1.0} for c in (2, 5, 7, 7)]
     outside: dict[str, int] = {}
@@ -46,7 +46,7 @@ def test_classes_outside_the_dataset_are_counted_not_kept():
 
 
 def test_index0_classes_map_to_sorted_category_ids():
-    from tasks.inference import keep_dataset_categories
+    from tasks.run.inference import keep_dataset_categories
 
     detections = [{"category_id": c, "score": 1.0} for c in (0, 2, 3, 1)]
     outside: dict[str, int] = {}

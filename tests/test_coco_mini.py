@@ -4,11 +4,11 @@ import json
 import numpy as np
 
 from demo import DEMO_MODEL_DIR
-from tasks.coco_format import coco_to_od_api_boxes, od_api_to_coco
-from tasks.dataset import load_dataset, make_shards
-from tasks.evaluation import evaluate, ground_truth
-from tasks.inference import ShardJob, infer_shard
-from tasks.conversion import convert
+from tasks.data.coco_format import coco_to_od_api_boxes, od_api_to_coco
+from tasks.data.dataset import load_dataset, make_shards
+from tasks.score.evaluation import evaluate, ground_truth
+from tasks.run.inference import ShardJob, infer_shard
+from tasks.model.conversion import convert
 
 
 def _ground_truth_as_model_outputs(document: dict) -> list[dict]:

@@ -34,7 +34,7 @@ def _report(output: str, host_store: Path | None = None) -> dict:
 
 
 def _folder_for_the_image_user(path: Path) -> Path:
-    """A folder the images' user can write (what the README tells users to do: chown 10001)."""
+    """A folder the images' user can write (what docs/cluster-and-images.md tells users to do: chown 10001)."""
     path.mkdir(parents=True)
     os.chown(path, IMAGE_USER, IMAGE_USER)
     return path
@@ -90,7 +90,7 @@ def test_the_slim_image_has_no_tensorflow_and_benchmarks_a_builtin_op_model(host
 
 
 def test_the_slim_image_refuses_a_flex_model_in_one_line(container_images, tmp_path):
-    from tasks.conversion import convert
+    from tasks.model.conversion import convert
 
     data = _folder_for_the_image_user(tmp_path / "data")
     (data / "flex.tflite").write_bytes(convert(build_two_stage_model(tmp_path / "two-stage"), "float32"))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.dataset import decode_rgb, load_dataset, make_shards
-from tasks.errors import QuantbenchError
-from tasks.evaluation import evaluate, ground_truth
+from tasks.data.dataset import decode_rgb, load_dataset, make_shards
+from tasks.store.errors import QuantbenchError
+from tasks.score.evaluation import evaluate, ground_truth
 
 
 def test_shards_are_deterministic_and_limit_takes_the_first_ids(oracle_data):
@@ -33,7 +33,7 @@ def test_any_image_mode_decodes_to_rgb(mode, fmt):
 
 
 def test_corrupt_bytes_raise_instead_of_returning_garbage():
-    from tasks.errors import ImageDecodeError
+    from tasks.store.errors import ImageDecodeError
 
     with pytest.raises(ImageDecodeError):
         decode_rgb(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -10,8 +10,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from flows.cli import main
-from tasks.evaluation import STAT_NAMES, defined
-from tasks.store import split_url
+from tasks.score.evaluation import STAT_NAMES, defined
+from tasks.store.object_store import split_url
 from tests.report_checks import check_inference
 
 
@@ -115,3 +115,21 @@ def test_report_files_are_in_the_store(demo_run):
     run_dir = store.root.parent
     assert (run_dir / "report.csv").read_text().startswith("variant,size_MB,x_fp32")
     assert "| int8" in (run_dir / "report.md").read_text()
+
+
+def test_quiet_prints_only_the_table_and_the_result_lines(tmp_path):
+    """``--quiet``: no progress, no Prefect lines, and none of the lines LiteRT and TensorFlow's
+    converter write straight to stderr ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    absl's "W0000 …] Ignored output_format."); an error line still reaches the terminal."""
+    env = {**os.environ, "QUANTBENCH_CACHE": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    for name in ("PREFECT_API_URL", "QUANTBENCH_STORE"):
+        env.pop(name, None)
+    run = [sys.executable, "-m", "flows.cli", "run", "--quiet", "--variants", "float32", "int8", "--limit", "8",
+           "--latency-images", "5", "--store", str(tmp_path / "store")]
+    result = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| variant") and any(line.startswith("| int8") for line in lines)
+    assert lines[-2].startswith("html: ") and lines[-1].startswith("report: ")
+    failed = subprocess.run([*run[:4], "--model", str(tmp_path / "absent")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 2 and failed.stderr.startswith("error: model not found:") and failed.stderr.count("\n") == 1

@@ -34,7 +34,7 @@ def stack(container_images, tmp_path_factory):
         try:
             cluster.start_server()
             cluster.run(sys.executable, "-c", (
-                "import sys; from pathlib import Path; from tasks.store import open_store\n"
+                "import sys; from pathlib import Path; from tasks.store.object_store import open_store\n"
                 "store = open_store('s3://quantbench/data')\n"
                 "for path in Path(sys.argv[1]).iterdir(): store.write_bytes(path.name, path.read_bytes())"), str(annotations.parent))
             cluster.run(PREFECT, "work-pool", "create", "quantbench-docker", "--type", "docker",

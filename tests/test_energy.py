@@ -1,4 +1,4 @@
-"""Energy and CO2 per image (tasks.energy): RAPL counters from powercap trees built in tmp_path (sysfs
+"""Energy and CO2 per image (tasks.run.energy): RAPL counters from powercap trees built in tmp_path (sysfs
 itself cannot be staged), the CPU power table and grid intensities read from the vendored CodeCarbon
 data, and the arithmetic checked against numbers worked out by hand."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.energy import (
+from tasks.run.energy import (
     DEFAULT_WATTS_PER_CPU,
     count_sockets,
     energy_method,
@@ -25,10 +25,10 @@ from tasks.energy import (
     rapl_delta_joules,
     read_rapl,
 )
-from tasks.errors import QuantbenchError
+from tasks.store.errors import QuantbenchError
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tasks" / "data" / "codecarbon"
+DATA = REPO / "tasks" / "run" / "codecarbon"
 WRAP_UJ = 262_143_328_850  # a common max_energy_range_uj
 NOBODY = 65534
 
@@ -99,11 +99,11 @@ def test_rapl_absent_or_without_packages_is_none(tmp_path):
 
 def _read_rapl_unprivileged(root: Path) -> dict[str, int] | None:
     """read_rapl(root) by a user that file modes apply to: this process unless it is root, which
-    reads anything; then a child that imports tasks.energy and becomes ``nobody`` before reading."""
+    reads anything; then a child that imports tasks.run.energy and becomes ``nobody`` before reading."""
     if os.geteuid() != 0:
         reading = read_rapl(root)
         return None if reading is None else {k: c.energy_uj for k, c in reading.counters.items()}
-    code = ("import json, os, sys; from pathlib import Path; from tasks.energy import read_rapl; "
+    code = ("import json, os, sys; from pathlib import Path; from tasks.run.energy import read_rapl; "
             f"os.setgid({NOBODY}); os.setuid({NOBODY}); r = read_rapl(Path(sys.argv[1])); "
             "print(json.dumps(None if r is None else {k: c.energy_uj for k, c in r.counters.items()}))")
     done = subprocess.run([sys.executable, "-c", code, str(root)], cwd=REPO, capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""The two evaluation backends (tasks.evaluation.EVAL_BACKENDS) on the embedded demo (the demo
+"""The two evaluation backends (tasks.score.evaluation.EVAL_BACKENDS) on the embedded demo (the demo
 detector's real detections; masks derived from the ground truth) and on the real COCO sample
 (../shared/coco-mini: detections derived from its ground truth with seeded noise), bbox and segm:
 the same per-image matching, recalls and scores, and the same 12 stats bit for bit in 3 of the 4
@@ -26,9 +26,9 @@ from pycocotools import mask as mask_utils
 
 from demo import DEMO_MODEL_DIR
 from demo.synthetic import VAL, generate
-from tasks.conversion import convert
-from tasks.dataset import load_dataset, make_shards
-from tasks.evaluation import (
+from tasks.model.conversion import convert
+from tasks.data.dataset import load_dataset, make_shards
+from tasks.score.evaluation import (
     EVAL_BACKENDS,
     evaluate,
     evaluate_all,
@@ -38,7 +38,7 @@ from tasks.evaluation import (
     run_evaluator,
     summary,
 )
-from tasks.inference import ShardJob, infer_shard
+from tasks.run.inference import ShardJob, infer_shard
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = "faster-coco-eval"
@@ -129,7 +129,7 @@ def mini(coco_mini) -> dict:
 
 
 def assert_same_matching(expected, actual) -> None:
-    """Two :class:`tasks.significance.PerImageEval` hold the same per-image matching."""
+    """Two :class:`tasks.score.matching.PerImageEval` hold the same per-image matching."""
     assert actual.image_ids == expected.image_ids and actual.category_ids == expected.category_ids
     assert np.array_equal(actual.recall_thresholds, expected.recall_thresholds)
     assert np.array_equal(actual.iou_thresholds, expected.iou_thresholds)
@@ -145,7 +145,7 @@ CASES = [("demo", "bbox"), ("demo", "segm"), ("mini", "bbox"), ("mini", "segm")]
 
 
 def _evaluators(dataset: dict, iou_type: str) -> dict:
-    """Both backends' evaluators of ``dataset`` for ``iou_type``, run (as tasks.evaluation.evaluate does)."""
+    """Both backends' evaluators of ``dataset`` for ``iou_type``, run (as tasks.score.evaluation.evaluate does)."""
     evaluators = {}
     for backend in EVAL_BACKENDS:
         evaluators[backend] = make_evaluator(dataset["gt"], dataset[iou_type], dataset["image_ids"], iou_type, backend, per_image=True)
@@ -238,8 +238,8 @@ def test_without_the_package_the_error_says_how_to_install_it():
     script = textwrap.dedent("""
         import sys
         sys.modules["faster_coco_eval"] = None  # import faster_coco_eval now raises ImportError
-        from tasks.errors import QuantbenchError
-        from tasks.evaluation import evaluate, ground_truth
+        from tasks.store.errors import QuantbenchError
+        from tasks.score.evaluation import evaluate, ground_truth
         gt = ground_truth({"images": [{"id": 1, "width": 10, "height": 10}], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
         print(evaluate(gt, [], [1])["images"])
         try:

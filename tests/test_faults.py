@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.store import open_store, split_url
+from tasks.store.object_store import open_store, split_url
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
 from tests.s3server import S3Process
 
@@ -169,9 +169,9 @@ def test_s3_hosted_images_through_a_15_s_outage_are_never_recorded_as_bad(slow_c
 
 
 def test_an_unreachable_image_store_fails_the_shard_and_stores_nothing(s3_env, monkeypatch, oracle_data, oracle_models, tmp_path):
-    from tasks.dataset import load_dataset, make_shards
-    from tasks.errors import TransientError
-    from tasks.inference import ShardJob, infer_shard
+    from tasks.data.dataset import load_dataset, make_shards
+    from tasks.store.errors import TransientError
+    from tasks.run.inference import ShardJob, infer_shard
 
     dataset = load_dataset(str(oracle_data), str(oracle_data.parent))
     with socket.socket() as probe:

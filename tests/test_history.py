@@ -1,4 +1,4 @@
-"""Run history (tasks.history): rows of a report, Parquet objects per run, local and S3 reads, trend text."""
+"""Run history (tasks.publish.history): rows of a report, Parquet objects per run, local and S3 reads, trend text."""
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.errors import QuantbenchError
-from tasks.history import (
+from tasks.store.errors import QuantbenchError
+from tasks.publish.history import (
     BBOX_COLUMNS, COLUMNS, history_key, history_rows, history_table_text, read_history, write_history,
 )
-from tasks.store import LocalStore, open_store
+from tasks.store.object_store import LocalStore, open_store
 
 MODEL_DIGEST = "3f1a9c0b7d2e" + "0" * 52
 OTHER_DIGEST = "a0b1c2d3e4f5" + "1" * 52
@@ -28,13 +28,13 @@ VARIANT_AP = {"float32": 0.412, "float16": 0.4121, "int8": 0.398, "int16x8": 0.4
 
 
 def bbox_stats(ap: float) -> dict:
-    """The 12 COCO stats as tasks.evaluation writes them; APs undefined (-1: no small objects)."""
+    """The 12 COCO stats as tasks.score.evaluation writes them; APs undefined (-1: no small objects)."""
     return {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05, "APs": -1.0, "APm": ap - 0.1, "APl": ap + 0.05,
             "AR1": 0.3, "AR10": 0.45, "AR100": 0.5, "ARs": -1.0, "ARm": 0.4, "ARl": 0.55}
 
 
 def variant_entry(variant: str, ci: bool) -> dict:
-    """A report.json entry shaped like tasks.report.variant_entry's (float32 is the reference)."""
+    """A report.json entry shaped like tasks.publish.report.variant_entry's (float32 is the reference)."""
     ap, size = VARIANT_AP[variant], VARIANT_BYTES[variant]
     entry = {
         "variant": variant,
@@ -67,7 +67,7 @@ def variant_entry(variant: str, ci: bool) -> dict:
 def make_report(run_id: str = "20250301T020000Z-1a2b3c4d-0a0a", created: str = "2025-03-01T02:00:00+00:00",
                 variants: tuple[str, ...] = ("float32", "float16", "int8"), source: str = "kaggle:tensorflow/ssd-mobilenet-v2/tensorFlow2/fpnlite-320x320",
                 digest: str = MODEL_DIGEST, ci: bool = True) -> dict:
-    """A report.json dict shaped like tasks.report.build_report's (the flow's run dict plus variants)."""
+    """A report.json dict shaped like tasks.publish.report.build_report's (the flow's run dict plus variants)."""
     return {
         "run_id": run_id,
         "created": created,

@@ -15,9 +15,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from tasks.coco_format import coco_to_od_api_boxes, od_api_to_coco
-from tasks.evaluation import evaluate, evaluate_all, evaluate_task, ground_truth
-from tasks.masks import encode_rle, reframe_box_masks
+from tasks.data.coco_format import coco_to_od_api_boxes, od_api_to_coco
+from tasks.score.evaluation import evaluate, evaluate_all, evaluate_task, ground_truth
+from tasks.data.masks import encode_rle, reframe_box_masks
 from tests.mask_oracle import ground_truth_as_mask_model_outputs, ground_truth_mask_detections
 
 BOTH = pytest.mark.parametrize("align_corners", [True, False], ids=["tf", "half_pixel"])

@@ -5,12 +5,12 @@ import sys
 import pytest
 
 from demo import DEMO_MODEL_DIR
-from tasks.conversion import convert
-from tasks.dataset import load_dataset, make_shards
-from tasks.errors import QuantbenchError
-from tasks.inference import ShardJob
-from tasks.models import saved_model_weights_by_dtype, verify_variant
-from tasks.tflite_inspect import weights_by_dtype as tflite_weights_by_dtype
+from tasks.model.conversion import convert
+from tasks.data.dataset import load_dataset, make_shards
+from tasks.store.errors import QuantbenchError
+from tasks.run.inference import ShardJob
+from tasks.model.variants import saved_model_weights_by_dtype, verify_variant
+from tasks.model.tflite_inspect import weights_by_dtype as tflite_weights_by_dtype
 
 
 STUDY_VARIANTS = ("float32", "float16", "int8")
@@ -56,7 +56,7 @@ def test_litert_inference_does_not_import_tensorflow(oracle_data, oracle_models,
     dataset = load_dataset(str(oracle_data), str(oracle_data.parent))
     job = ShardJob("int8", str(model), "oracle", dataset.annotations_digest, dataset.images_url, make_shards(dataset, 8)[0], (tmp_path / "store").as_uri())
     script = (
-        "import sys, pickle; from tasks.inference import infer_shard; "
+        "import sys, pickle; from tasks.run.inference import infer_shard; "
         f"out = infer_shard(pickle.loads({__import__('pickle').dumps(job)!r})); "
         "print(out.images_done, 'tensorflow' in sys.modules)"
     )

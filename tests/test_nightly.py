@@ -12,7 +12,7 @@ import pytest
 
 from demo import DEMO_MODEL_DIR
 from flows.cli import main
-from tasks.store import split_url
+from tasks.store.object_store import split_url
 from tests.regressed import build_shifted_model
 
 DEFAULT_VARIANTS = ["saved_model", "float32", "float16", "int8"]
@@ -86,7 +86,7 @@ def test_history_holds_every_run_and_variant(nightly):
 
 
 def test_the_latency_criterion_needs_a_large_rise_and_no_overlapping_round():
-    from tasks.regression import latency_regressed
+    from tasks.nightly.regression import latency_regressed
 
     before = {"p50": 10.0, "p50_rounds": [9.0, 10.0, 12.0]}
     assert latency_regressed({"p50": 26.0, "p50_rounds": [25.0, 26.0, 27.0]}, before, 1.5)

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
-from tasks.models import DEFAULT_VARIANTS
+from tasks.model.variants import DEFAULT_VARIANTS
 from tests.oracle import build_oracle_model, oracle_tables
 
 

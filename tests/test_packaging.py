@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,34 @@ def test_hadolint_ignores_nothing():
 
 
 def test_dockerfile_copies_every_package_the_project_declares():
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted({name.split(".")[0] for name in include})
     dockerfile = DOCKERFILE.read_text()
     assert "COPY pyproject.toml README.md ./" in dockerfile  # pyproject's readme = README.md
     for package in packages:
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_the_wheel_builds_without_setuptools_warnings_and_ships_its_data(tmp_path):
+    """``pip install`` of the project says nothing about packages "absent from the packages
+    configuration" (the demo SavedModel and the vendored CodeCarbon tables are declared package
+    data), and the wheel holds every stage package and both data folders."""
+    source = tmp_path / "source"  # a copy: pip builds in the tree it is given
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("tasks", "flows", "demo"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose", "-w", str(tmp_path), str(source)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "absent from the `packages` configuration" not in result.stdout + result.stderr
+    [wheel] = tmp_path.glob("quantbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for stage in ("store", "data", "model", "run", "score", "publish", "nightly"):
+        assert f"tasks/{stage}/__init__.py" in names
+    assert {"demo/model/saved_model.pb", "demo/model/variables/variables.index", "tasks/run/codecarbon/cpu_power.csv",
+            "tasks/run/codecarbon/NOTICE.md", "flows/cli.py"} <= names
 
 
 def test_slim_installs_the_core_only_and_full_adds_the_convert_extra():
@@ -180,12 +204,12 @@ SLIM_CHECK = textwrap.dedent("""
 
     sys.meta_path.insert(0, NotInTheSlimImage())
     import flows, tasks
-    for package in (flows, tasks):
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{{package.__name__}}.{{module.name}}")
+    for package in (flows, tasks):  # every module, the stage packages' included
+        for module in pkgutil.walk_packages(package.__path__, f"{{package.__name__}}."):
+            importlib.import_module(module.name)
 
     import numpy as np
-    from tasks.runtimes import open_runtime, prepare_input
+    from tasks.model.runtimes import open_runtime, prepare_input
     runtime = open_runtime("float32", Path(sys.argv[1]), 1)
     runtime.set_input(prepare_input(np.zeros((120, 200, 3), np.uint8), runtime.fixed_size))
     runtime.invoke()
@@ -200,7 +224,7 @@ SLIM_CHECK = textwrap.dedent("""
 def test_slim_image_code_path_needs_no_tensorflow(tmp_path):
     """Every module imports, and a builtin-op .tflite runs, with TensorFlow & co. unimportable."""
     pytest.importorskip("tensorflow", reason="converting the demo detector needs the convert extra")
-    from tasks.conversion import convert
+    from tasks.model.conversion import convert
 
     model = tmp_path / "float32.tflite"
     model.write_bytes(convert(REPO / "demo" / "model", "float32"))

@@ -1,4 +1,4 @@
-"""Plots (tasks.plots), the self-contained HTML page and the markdown summary (tasks.html_report),
+"""Plots (tasks.publish.plots), the self-contained HTML page and the markdown summary (tasks.publish.html_report),
 from report dicts built here: 4 variants, undefined (None) values, a mask model, failures,
 regressions and a run history."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ from xml.etree import ElementTree
 import pandas as pd
 import pytest
 
-from tasks.energy import energy_method, energy_summary, estimated_power
-from tasks.history import history_rows
-from tasks.html_report import render_html, significance, summary_markdown
-from tasks.plots import (
+from tasks.run.energy import energy_method, energy_summary, estimated_power
+from tasks.publish.history import history_rows
+from tasks.publish.html_report import render_html, significance, summary_markdown
+from tasks.publish.plots import (
     Point,
     accuracy_vs_energy,
     model_name,
@@ -39,7 +39,7 @@ CPU_S_PER_IMAGE = {"saved_model": 26.0, "float32": 21.5, "float16": 21.0, "int8"
 
 
 def _latency(p50: float, with_times: bool) -> dict:
-    """A latency dict as tasks.latency.measure_latency gives it (ms); ``times_ms`` when asked."""
+    """A latency dict as tasks.run.latency.measure_latency gives it (ms); ``times_ms`` when asked."""
     times = [p50 * (0.9 + 0.2 * i / 19) for i in range(20)]
     latency = {"mean": p50, "p50": p50, "p90": p50 * 1.08, "p99": p50 * 1.1, "min": p50 * 0.9, "max": p50 * 1.1,
                "p50_rounds": [p50] * 5, "images_per_s": 1000 / p50, "runs": 20, "warmup": 5, "threads": 1,
@@ -108,7 +108,7 @@ def make_report(masks: bool = False, run_id: str = RUN_ID, created: str = "2026-
 
 
 def _with_energy(report: dict) -> dict:
-    """A copy with ``inference`` per variant and the top-level ``energy``, as tasks.energy gives them
+    """A copy with ``inference`` per variant and the top-level ``energy``, as tasks.run.energy gives them
     for this VM's CPU ("AMD EPYC": CodeCarbon's default, 4 W per busy CPU) and the world grid."""
     energy = copy.deepcopy(report)
     energy["energy"] = energy_method(estimated_power("AMD EPYC", logical_cpus=2), None)

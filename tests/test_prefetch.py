@@ -1,4 +1,4 @@
-"""Images prepared ahead of inference (tasks.prefetch): same items, same order, same failures as
+"""Images prepared ahead of inference (tasks.run.prefetch): same items, same order, same failures as
 preparing them in line; an error that is not about one image stops the shard where it happened."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.dataset import ImageReader, ImageRecord
-from tasks.errors import QuantbenchError
-from tasks.prefetch import prepared_images
+from tasks.data.dataset import ImageReader, ImageRecord
+from tasks.store.errors import QuantbenchError
+from tasks.run.prefetch import prepared_images
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import logging
 
 from prefect.artifacts import Artifact
 
-from tasks.dataset import ImageRecord, Shard
-from tasks.inference import ShardJob, ShardOutput
-from tasks.progress import ShardProgress
+from tasks.data.dataset import ImageRecord, Shard
+from tasks.run.inference import ShardJob, ShardOutput
+from tasks.run.progress import ShardProgress
 
 
 class Terminal(io.StringIO):

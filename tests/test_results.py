@@ -11,9 +11,9 @@ import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
 from flows.cli import main
-from tasks.report import format_table, report_table
-from tasks.results import read_report_csv
-from tasks.store import open_store
+from tasks.publish.report import format_table, report_table
+from tasks.publish.results import read_report_csv
+from tasks.store.object_store import open_store
 
 INCOMPLETE_ID = "20991231T235959Z-0badf00d"  # newest of all: a run still in progress (or one that failed)
 

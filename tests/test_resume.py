@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
-from tasks.store import open_store, split_url
+from tasks.store.object_store import open_store, split_url
 
 
 def _report(url: str) -> dict:
@@ -122,7 +122,7 @@ def test_no_secret_in_logs_artifacts_or_stored_objects(prefect_backend, s3_env, 
 
 
 def test_large_objects_go_up_in_parts(s3_env):
-    from tasks.store import MULTIPART_BYTES
+    from tasks.store.object_store import MULTIPART_BYTES
 
     store = open_store("s3://quantbench/multipart")
     data = bytes(range(256)) * (MULTIPART_BYTES // 256 + 4096)
@@ -135,7 +135,7 @@ def test_large_objects_go_up_in_parts(s3_env):
 def test_unreachable_endpoint_is_a_clear_retryable_error(s3_env, monkeypatch):
     import socket
 
-    from tasks.errors import TransientError
+    from tasks.store.errors import TransientError
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

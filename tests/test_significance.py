@@ -1,4 +1,4 @@
-"""Paired bootstrap of COCO AP (tasks/significance.py) on the shared COCO sample, against pycocotools."""
+"""Paired bootstrap of COCO AP (tasks/score/significance.py) on the shared COCO sample, against pycocotools."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tasks.evaluation import evaluate, ground_truth
-from tasks.significance import paired_bootstrap_delta_ap, per_image_evaluation, resampled_ap
+from tasks.score.evaluation import evaluate, ground_truth
+from tasks.score.significance import paired_bootstrap_delta_ap, per_image_evaluation, resampled_ap
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_full_set_is_pycocotools_ap(gt, detections, image_ids, base):
 
 
 def test_full_set_is_pycocotools_ap_for_masks(gt, document, image_ids):
-    """segm goes through the same results handling as tasks.evaluation (mask areas, no bbox)."""
+    """segm goes through the same results handling as tasks.score.evaluation (mask areas, no bbox)."""
     rng = np.random.default_rng(1)
     detections = []
     for annotation in document["annotations"]:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import QuantbenchError
-from tasks.conversion import convert
-from tasks.models import directory_digest
-from tasks.sources import resolve_model
-from tasks.store import open_store
+from tasks.store.errors import QuantbenchError
+from tasks.model.conversion import convert
+from tasks.model.variants import directory_digest
+from tasks.model.sources import resolve_model
+from tasks.store.object_store import open_store
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
 
 

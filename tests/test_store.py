@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
-from tasks.errors import QuantbenchError
-from tasks.store import open_store, split_url
+from tasks.store.errors import QuantbenchError
+from tasks.store.object_store import open_store, split_url
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -68,7 +68,7 @@ def test_a_writer_killed_mid_write_leaves_no_partial_object(tmp_path):
     import sys
     import time
 
-    script = ("import sys; from tasks.store import open_store; "
+    script = ("import sys; from tasks.store.object_store import open_store; "
               "open_store(sys.argv[1]).write_bytes('big/object.bin', b'x' * (1 << 30))")
     writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=str(Path(__file__).parents[1]))
     deadline = time.monotonic() + 120

@@ -53,13 +53,13 @@ def test_a_flex_model_without_tensorflow_fails_clearly(tmp_path):
     import subprocess
     import sys
 
-    from tasks.conversion import convert
+    from tasks.model.conversion import convert
 
     model = tmp_path / "flex.tflite"
     model.write_bytes(convert(build_two_stage_model(tmp_path / "model"), "float32"))
     script = (
         "import sys; sys.modules['tensorflow'] = None  # as in an image without TensorFlow\n"
-        "from tasks.errors import QuantbenchError\nfrom tasks.runtimes import LiteRTRuntime\n"
+        "from tasks.store.errors import QuantbenchError\nfrom tasks.model.runtimes import LiteRTRuntime\n"
         f"try:\n    LiteRTRuntime({str(model)!r})\nexcept QuantbenchError as error:\n    print(error)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

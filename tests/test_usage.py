@@ -1,4 +1,4 @@
-"""What a shard cost, measured (tasks.usage): wall intervals, CPU of the shard's own threads only,
+"""What a shard cost, measured (tasks.run.usage): wall intervals, CPU of the shard's own threads only,
 the process's peak resident memory."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tasks.usage import ResourceMeter, StageClock, inference_summary, union_seconds
+from tasks.run.usage import ResourceMeter, StageClock, inference_summary, union_seconds
 
 
 def burn(seconds: float) -> None:

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
-from tasks.errors import QuantbenchError
+from tasks.store.errors import QuantbenchError
 
 EXTRA = ["int8_full", "int16x8", "weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32"]
 INT8_WEIGHTS = ["int8_full", "int16x8", "weight_only_wi8_afp32", "dynamic_wi8_afp32"]
@@ -60,8 +60,8 @@ def test_calibrated_variants_refuse_the_evaluation_images(oracle_data, oracle_mo
                              variants=["int8_full"])
     with pytest.raises(QuantbenchError, match="need --calibration-images"):
         validate(config)
-    from tasks.calibration import load_calibration
-    from tasks.dataset import load_dataset
+    from tasks.model.calibration import load_calibration
+    from tasks.data.dataset import load_dataset
 
     dataset = load_dataset(str(oracle_data), str(oracle_data.parent))
     with pytest.raises(QuantbenchError, match="calibration images overlap the evaluation images"):
@@ -69,7 +69,7 @@ def test_calibrated_variants_refuse_the_evaluation_images(oracle_data, oracle_mo
 
 
 def test_a_float_tflite_source_is_quantized_without_conversion(prefect_backend, oracle_data, oracle_models, tmp_path):
-    from tasks.conversion import convert
+    from tasks.model.conversion import convert
 
     source = tmp_path / "float.tflite"
     source.write_bytes(convert(oracle_models["dynamic"], "float32"))

@@ -1,0 +1,174 @@
+"""Dataset and shards: a COCO instances JSON plus an image folder (local path or ``s3://`` prefix).
+
+Images are taken in ascending ``image_id`` order; ``limit`` keeps the first N; shards are
+consecutive runs of ``shard_size`` images, so the same inputs always give the same shards.
+Each chosen image is fingerprinted when the dataset is loaded (local: SHA-256 of the file; S3:
+ETag and size from one listing, nothing downloaded; ``missing`` when absent), so a result is
+only ever reused for the very same image content.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tasks.store.errors import IMAGE_FAILURES, ImageDecodeError, QuantbenchError
+from tasks.store.object_store import open_store, split_url
+
+MISSING = "missing"  # the fingerprint of an image file that does not exist
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the dataset: COCO id, file name under the image folder, size in pixels, and
+    the fingerprint of its file's content (``sha256:…``, ``etag:…`` or ``missing``)."""
+
+    id: int
+    file_name: str
+    width: int
+    height: int
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    annotations_url: str
+    images_url: str
+    annotations_digest: str  # SHA-256 of the annotations file's bytes + the chosen image ids
+    digest: str  # SHA-256 of the above + every chosen image's fingerprint: the dataset's identity
+    images: tuple[ImageRecord, ...]
+    category_ids: tuple[int, ...]
+    instances_per_category: dict[str, int]  # category name -> non-crowd ground truths in the chosen images
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    images: tuple[ImageRecord, ...]
+
+
+def _read_annotations(annotations: str) -> bytes:
+    if "://" not in annotations:
+        path = Path(annotations)
+        if not path.is_file():
+            raise QuantbenchError(f"annotations file not found: {annotations} (pass --annotations, a COCO instances JSON)")
+        return path.read_bytes()
+    store, key = split_url(annotations)
+    return store.read_bytes(key)
+
+
+def load_dataset(annotations: str, images: str, limit: int | None = None) -> Dataset:
+    """Read and validate the annotations; keep the first ``limit`` images by id; fingerprint them."""
+    if "://" not in annotations and Path(annotations).is_dir():
+        raise QuantbenchError(f"--annotations {annotations} is a folder: pass the COCO instances JSON file (e.g. instances_val2017.json)")
+    raw = _read_annotations(annotations)
+    try:
+        document = json.loads(raw)
+        records = [ImageRecord(int(i["id"]), str(i["file_name"]), int(i["width"]), int(i["height"])) for i in document["images"]]
+        category_ids = tuple(sorted(int(c["id"]) for c in document["categories"]))
+        if not isinstance(document["annotations"], list):
+            raise TypeError("'annotations' is not a list")
+    except (ValueError, KeyError, TypeError) as error:
+        raise QuantbenchError(
+            f"{annotations} is not a COCO instances JSON ({type(error).__name__}: {error}); "
+            "it needs 'images' (id, file_name, width, height), 'annotations' and 'categories'"
+        ) from None
+    if "://" not in images and not Path(images).is_dir():
+        raise QuantbenchError(f"image folder not found: {images} (pass --images, the folder the file_names are in)")
+    if limit is not None and limit < 1:
+        raise QuantbenchError(f"--limit must be at least 1, got {limit}")
+    chosen = sorted(records, key=lambda r: r.id)[:limit]
+    if not chosen:
+        raise QuantbenchError(f"{annotations} lists no images")
+    images_url = images if "://" in images else str(Path(images).resolve())
+    annotations_url = annotations if "://" in annotations else str(Path(annotations).resolve())
+    found = open_store(images_url).fingerprints([r.file_name for r in chosen])
+    chosen = tuple(replace(r, fingerprint=found.get(r.file_name, MISSING)) for r in chosen)
+    annotations_digest = hashlib.sha256(raw + json.dumps([r.id for r in chosen]).encode()).hexdigest()
+    digest = hashlib.sha256(annotations_digest.encode() + json.dumps([r.fingerprint for r in chosen]).encode()).hexdigest()
+    return Dataset(annotations_url, images_url, annotations_digest, digest, chosen, category_ids,
+                   instances_per_category(document, {r.id for r in chosen}))
+
+
+def instances_per_category(document: dict, image_ids: set[int]) -> dict[str, int]:
+    """Non-crowd ground-truth instances per category name in ``image_ids`` (0 for absent ones)."""
+    names = {int(c["id"]): str(c["name"]) for c in document["categories"]}
+    counts = dict.fromkeys(names.values(), 0)
+    for annotation in document["annotations"]:
+        if annotation.get("image_id") in image_ids and not annotation.get("iscrowd", 0) and annotation.get("category_id") in names:
+            counts[names[annotation["category_id"]]] += 1
+    return counts
+
+
+def make_shards(dataset: Dataset, shard_size: int) -> list[Shard]:
+    if shard_size < 1:
+        raise QuantbenchError(f"--shard-size must be at least 1, got {shard_size}")
+    return [
+        Shard(index=n, images=dataset.images[start : start + shard_size])
+        for n, start in enumerate(range(0, len(dataset.images), shard_size))
+    ]
+
+
+def read_annotations(annotations_url: str) -> dict:
+    """The annotations document (for evaluation)."""
+    return json.loads(_read_annotations(annotations_url))
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes (any mode: grayscale, CMYK, palette, alpha) to uint8 RGB ``[H, W, 3]``.
+
+    EXIF orientation is not applied: COCO boxes refer to the stored pixel grid, as in the
+    TF Object Detection API's decoder. Alpha is dropped (colour channels kept as stored).
+    Raises ImageDecodeError with a readable reason (``empty file``, ``not an image …``,
+    the decoder's own message for truncated or corrupt files).
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decode now, so a truncated or corrupt file fails here
+            return np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not an image in a format Pillow reads ({len(data)} bytes starting {data[:8]!r})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"{type(error).__name__}: {error}") from None
+
+
+def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Stretch to ``height`` x ``width`` with bilinear filtering (aspect ratio not kept, as the
+    TF OD API's fixed-shape resizer does); normalised box coordinates are unchanged by it."""
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.BILINEAR))
+
+
+class ImageReader:
+    """Reads image bytes by file name from the dataset's image folder (local or S3)."""
+
+    def __init__(self, images_url: str):
+        self.url = images_url
+        self.store = open_store(images_url)
+
+    def read(self, record: ImageRecord) -> bytes:
+        return self.store.read_bytes(record.file_name)
+
+
+def load_inputs(images_url: str, records: list[ImageRecord], count: int) -> list[np.ndarray]:
+    """Decode the first ``count`` readable images (decoding is outside the timed region)."""
+    reader, inputs, failures = ImageReader(images_url), [], []
+    for record in records:
+        if len(inputs) == count:
+            break
+        try:
+            inputs.append(decode_rgb(reader.read(record)))
+        except IMAGE_FAILURES as error:
+            failures.append(f"image {record.id} {record.file_name}: {error}")
+    if not inputs:
+        raise QuantbenchError(f"none of the {len(records)} images in {images_url} can be read and decoded "
+                              f"(e.g. {failures[0]}): fix the images and rerun")
+    return inputs

@@ -1,0 +1,122 @@
+"""Recipes that turn a model into a LiteRT variant: the LiteRT converter (from the SavedModel) and
+the LiteRT quantizer ``ai-edge-quantizer`` (from the float32 ``.tflite``).
+
+Converter recipes (``tf.lite.TFLiteConverter.from_saved_model`` on ``serving_default``):
+
+- ``float32``: no optimisation.
+- ``float16``: ``Optimize.DEFAULT`` + ``supported_types=[float16]`` — weights fp16, compute fp32.
+- ``int8``: ``Optimize.DEFAULT`` — dynamic range: weights int8, activations quantized on the fly.
+- ``int8_full``: ``Optimize.DEFAULT`` + a representative dataset — weights and activations int8
+  where the op allows it (float kept elsewhere); input/output types unchanged.
+- ``int16x8``: like ``int8_full`` with ``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``
+  (int16 activations, int8 weights), builtin float kernels allowed for ops without a 16x8 kernel.
+
+Every converter recipe first tries builtin ops only; a model that needs Select TF ops (e.g.
+CombinedNonMaxSuppression, CropAndResize in two-stage detectors) is converted again with
+``SELECT_TF_OPS`` and then needs TensorFlow at run time (see ``tflite_inspect.flex_ops``).
+
+Quantizer recipes (``ai_edge_quantizer.Quantizer`` on the float32 ``.tflite``):
+
+- ``weight_only_wi8_afp32``: int8 weights dequantized to float at load; float compute.
+- ``dynamic_wi8_afp32``: int8 weights, dynamic-range (hybrid) kernels.
+- ``weight_only_wf16_afp32``: float16 weights (``FLOAT_CASTING``), float compute.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tasks.store.errors import QuantbenchError, import_tensorflow
+
+CONVERTER_RECIPES = ("float32", "float16", "int8", "int8_full", "int16x8")
+QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32")
+CALIBRATED_RECIPES = ("int8_full", "int16x8")
+
+
+def _needs_flex(error: Exception) -> bool:
+    from tensorflow.compiler.mlir.lite.metrics import converter_error_data_pb2
+
+    needs = converter_error_data_pb2.ConverterErrorData.ERROR_NEEDS_FLEX_OPS
+    return any(getattr(e, "error_code", None) == needs for e in getattr(error, "errors", []))
+
+
+def _converter(model_dir: Path, recipe: str, representative: Callable[[], Iterator[dict]] | None, select_tf_ops: bool):
+    tf = import_tensorflow(f"converting {model_dir}")
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(model_dir), signature_keys=["serving_default"])
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if recipe != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if recipe == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if recipe in CALIBRATED_RECIPES:
+        converter.representative_dataset = representative
+    if recipe == "int16x8":
+        ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    if select_tf_ops:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+    return converter
+
+
+def convert(model_dir: Path, recipe: str, calibration: list[np.ndarray] | None = None, input_name: str = "input_tensor") -> bytes:
+    """Convert the SavedModel's serving signature with a converter recipe.
+
+    ``calibration`` (uint8 ``[1, H, W, 3]`` batches sized for the model's input) is required by
+    the calibrated recipes and must come from images disjoint from the evaluation images.
+    """
+    if recipe not in CONVERTER_RECIPES:
+        raise QuantbenchError(f"unknown converter recipe {recipe!r}: choose from {', '.join(CONVERTER_RECIPES)}")
+    representative = None
+    if recipe in CALIBRATED_RECIPES:
+        if not calibration:
+            raise QuantbenchError(f"variant {recipe} needs calibration images (--calibration-images DIR)")
+        def representative():
+            for batch in calibration:
+                yield {input_name: batch}
+    try:
+        return _converter(model_dir, recipe, representative, select_tf_ops=False).convert()
+    except Exception as builtins_error:  # ConverterError and assorted others
+        if not _needs_flex(builtins_error):
+            raise _conversion_error(model_dir, recipe, builtins_error) from None
+    try:
+        return _converter(model_dir, recipe, representative, select_tf_ops=True).convert()
+    except Exception as error:
+        raise _conversion_error(model_dir, recipe, error) from None
+
+
+def _conversion_error(model_dir: Path, recipe: str, error: Exception) -> QuantbenchError:
+    detail = next((line.strip() for line in str(error).splitlines() if "error" in line.lower()), "") or f"{type(error).__name__}: {error}"
+    return QuantbenchError(f"LiteRT conversion of {model_dir} to {recipe} failed: {detail[:300]}")
+
+
+def _fp16_weight_only_recipe():
+    from ai_edge_quantizer import qtyping, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(
+        regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING
+    )
+    return manager.get_quantization_recipe()
+
+
+def quantize(float32_model: bytes, recipe: str) -> bytes:
+    """Apply a LiteRT quantizer recipe to a float32 ``.tflite``."""
+    from ai_edge_quantizer import quantizer, recipe as recipes
+
+    builders = {
+        "weight_only_wi8_afp32": recipes.weight_only_wi8_afp32,
+        "dynamic_wi8_afp32": recipes.dynamic_wi8_afp32,
+        "weight_only_wf16_afp32": _fp16_weight_only_recipe,
+    }
+    if recipe not in builders:
+        raise QuantbenchError(f"unknown quantizer recipe {recipe!r}: choose from {', '.join(builders)}")
+    engine = quantizer.Quantizer(bytearray(float32_model))
+    engine.load_quantization_recipe(builders[recipe]())
+    try:
+        return bytes(engine.quantize(enable_progress_report=False).quantized_model)
+    except Exception as error:
+        raise QuantbenchError(f"LiteRT quantizer recipe {recipe} failed: {type(error).__name__}: {str(error)[:300]}") from None

@@ -1,0 +1,6 @@
+"""Stage 4 — scoring: gather a variant's shards into one COCO results JSON in the store
+(``gather``), evaluate it with pycocotools or faster-coco-eval (``evaluation``), keep the
+per-image matching (``matching``) and bootstrap confidence intervals of ΔAP from it
+(``significance``).
+
+May import: ``tasks.store``, ``tasks.data``, ``tasks.model``, ``tasks.run``."""

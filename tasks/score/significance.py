@@ -1,0 +1,171 @@
+"""Significance of an AP difference: a seeded paired bootstrap over images of COCO AP.
+
+"Variant B has 0.4 AP less than the float model" is only worth reporting if a different draw of
+evaluation images would not easily erase it. :func:`paired_bootstrap_delta_ap` resamples the
+images with replacement, recomputes both variants' AP on the *same* resample (paired: the image
+difficulty cancels out) and reports a percentile interval of the AP difference.
+
+AP here is COCO's headline number, ``stats[0]`` of pycocotools: precision averaged over the IoU
+thresholds .50:.05:.95, the 101 recall thresholds and the categories with ground truth, area range
+``all``, at most 100 detections per image; values in [0, 1], ``-1.0`` where no category has ground
+truth.
+
+pycocotools' ``evaluate()`` drops duplicate image ids, so a resample cannot be evaluated by passing
+it the drawn ids. Instead :func:`per_image_evaluation` runs ``evaluate()`` once and keeps its
+per-(category, image) matching, and :func:`resampled_ap` re-runs pycocotools' ``accumulate()``
+with each image weighted by how many times it was drawn.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from tasks.score.evaluation import IOU_TYPES, _results
+from tasks.score.matching import CategoryRanking, PerImageEval, per_image_from_evaluator
+
+
+def per_image_evaluation(gt: COCO, detections: list[dict], image_ids: list[int], iou_type: str = "bbox") -> PerImageEval:
+    """Run pycocotools' ``evaluate()`` once on ``image_ids`` and keep its per-image matching.
+
+    ``detections`` are COCO results (``image_id``, ``category_id``, ``score``, ``bbox`` and/or
+    ``segmentation``), judged exactly as :func:`tasks.score.evaluation.evaluate` does for ``iou_type``
+    (``"bbox"`` or ``"segm"``)."""
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, not {iou_type!r}")
+    evaluator = COCOeval(gt, _results(gt, detections, iou_type), iou_type)
+    evaluator.params.imgIds = sorted(image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+    return per_image_from_evaluator(evaluator)
+
+
+def resampled_ap(per_image: PerImageEval, weights: np.ndarray) -> float:
+    """COCO AP@[.5:.95] (area ``all``, maxDets 100) of a resample of the images.
+
+    ``weights[i]`` is how many times ``per_image.image_ids[i]`` was drawn (0 allowed); all ones is
+    the full set and gives pycocotools' own ``stats[0]``. This is ``accumulate()`` with the
+    true/false positive counts and the number of ground truths summed with these multiplicities.
+
+    That equals the AP pycocotools computes on literal copies of the drawn images: the copies of
+    one detection have one score, so they form one run in the score order, and counting the run
+    once with weight m leaves out only its inner points. Within a run of copies of a true positive
+    the precision only rises, so the precision envelope from the right (and so every recall
+    threshold's precision) is the same with or without the inner points; copies of a false
+    positive add no recall, and their inner points have no more precision than the point before
+    the run (0 when the run opens the ranking), so they change no envelope value either; copies of
+    an ignored detection repeat the point before them. A weight of 0 makes a detection add nothing,
+    as if it were absent. The one exception is a tie between equal scores of detections from
+    different images, whose interleaving in pycocotools depends on the copies' image ids.
+
+    Returns ``-1.0`` when no category has ground truth in the resample.
+    """
+    weights = np.asarray(weights, dtype=float)
+    if weights.shape != (len(per_image.image_ids),):
+        raise ValueError(f"weights must have shape ({len(per_image.image_ids)},), not {weights.shape}")
+    thresholds = per_image.recall_thresholds
+    precision = -np.ones((len(per_image.iou_thresholds), len(thresholds), len(per_image.category_ids)))
+    for k, ranking in enumerate(per_image._rankings):
+        category_precision = _category_precision(ranking, weights, thresholds)
+        if category_precision is not None:
+            precision[:, :, k] = category_precision
+    defined = precision[precision > -1]
+    return float(np.mean(defined)) if defined.size else -1.0
+
+
+def _category_precision(ranking: CategoryRanking, weights: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray | None:
+    """(T, R) interpolated precision of one category at each recall threshold, or None when the
+    resample has no ground truth of it (pycocotools then leaves -1)."""
+    n_ground_truths = float(weights @ ranking.ground_truths)
+    if n_ground_truths == 0:
+        return None
+    n_detections = ranking.image_index.size
+    precision = np.zeros((ranking.true_positive.shape[0], recall_thresholds.size))
+    if n_detections == 0:
+        return precision
+    detection_weights = weights[ranking.image_index]
+    tp = np.cumsum(ranking.true_positive * detection_weights, axis=1)
+    fp = np.cumsum(ranking.false_positive * detection_weights, axis=1)
+    recall = tp / n_ground_truths
+    envelope = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
+    first_reaching = np.array([np.searchsorted(row, recall_thresholds, side="left") for row in recall])
+    reached = first_reaching < n_detections
+    values = np.take_along_axis(envelope, np.minimum(first_reaching, n_detections - 1), axis=1)
+    precision[reached] = values[reached]
+    return precision
+
+
+def paired_bootstrap(evals: Sequence[PerImageEval], coefficients: Sequence[float], resamples: int = 200,
+                     seed: int = 0, confidence: float = 0.95) -> dict:
+    """Paired bootstrap over images of ``sum(c * AP(e))`` for ``e, c`` in ``evals, coefficients``.
+
+    ``[-1, +1]`` is a difference of two APs (:func:`paired_bootstrap_delta_ap`); ``[+1, -1, -1, +1]``
+    over (variant now, float32 now, variant before, float32 before) is the change of a ΔAP between
+    two runs. Every evaluation must cover the same image ids and categories; each resample (as
+    many draws as images, with replacement, ``np.random.default_rng(seed)``) weights all of them
+    alike. Returns ``{"value": full-set value, "ci": [low, high], "resamples", "seed"}``, ``ci`` the
+    percentile interval holding ``confidence`` of the resampled values; ``value`` and ``ci`` are
+    None when some AP is undefined on the full set (no ground truth), and resamples where one is
+    undefined are left out of the interval.
+    """
+    first = evals[0]
+    for other in evals[1:]:
+        if other.image_ids != first.image_ids:
+            raise ValueError(
+                f"paired bootstrap needs every evaluation on the same image ids "
+                f"({len(first.image_ids)} vs {len(other.image_ids)} images, {len(set(first.image_ids) ^ set(other.image_ids))} differ)"
+            )
+        if other.category_ids != first.category_ids:
+            raise ValueError("paired bootstrap needs every evaluation against the same categories")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    n_images = len(first.image_ids)
+    result = {"value": None, "ci": None, "resamples": resamples, "seed": seed}
+    value = _combination(evals, coefficients, np.ones(n_images))
+    if np.isnan(value):
+        return result
+    draws = np.random.default_rng(seed).multinomial(n_images, np.full(n_images, 1 / n_images), size=resamples)
+    values = np.array([_combination(evals, coefficients, weights) for weights in draws])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return {**result, "value": float(value), "ci": [float(low), float(high)]}
+
+
+def paired_bootstrap_delta_ap(base: PerImageEval, other: PerImageEval, resamples: int = 200, seed: int = 0,
+                              confidence: float = 0.95) -> dict:
+    """Paired bootstrap of ``AP(other) - AP(base)`` (AP in [0, 1], not percent): both APs on the
+    same resamples, so the images' difficulty cancels out. Returns ``{"delta", "ci", "resamples",
+    "seed"}`` (see :func:`paired_bootstrap`)."""
+    result = paired_bootstrap([base, other], [-1.0, 1.0], resamples, seed, confidence)
+    return {"delta": result.pop("value"), **result}
+
+
+def _combination(evals: Sequence[PerImageEval], coefficients: Sequence[float], weights: np.ndarray) -> float:
+    """``sum(c * AP)`` on one resample; NaN when some AP is undefined (no ground truth in it)."""
+    aps = [resampled_ap(e, weights) for e in evals]
+    return np.nan if -1.0 in aps else float(sum(c * ap for c, ap in zip(coefficients, aps)))
+
+
+@task(name="significance", cache_policy=NO_CACHE)
+def significance_task(per_image: dict[str, dict[str, PerImageEval | None]], resamples: int, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Paired bootstrap of ΔAP vs float32 for every other variant and IoU type.
+
+    ``per_image[variant][iou_type]`` are the per-image evaluations of one run. Returns
+    ``{variant: {iou_type: {"delta", "ci", "resamples", "seed"}}}``; a pair evaluated on different
+    images (different failures) gets no entry rather than an unpaired interval."""
+    base = per_image.get("float32") or {}
+    significance: dict[str, dict[str, dict]] = {}
+    for variant, evaluations in per_image.items():
+        if variant == "float32":
+            continue
+        for iou_type, evaluation in evaluations.items():
+            reference = base.get(iou_type)
+            if evaluation is not None and reference is not None and evaluation.image_ids == reference.image_ids:
+                significance.setdefault(variant, {})[iou_type] = paired_bootstrap_delta_ap(reference, evaluation, resamples, seed)
+    return significance

@@ -1,0 +1,6 @@
+"""Stage 0, beneath everything — the store: one interface over a local folder and S3
+(``object_store``: keys, atomic writes, multipart uploads, the local cache of fetched objects) and
+the errors every stage raises (``errors``: one-line :class:`QuantbenchError`, transient vs not,
+the retry settings of store-touching tasks).
+
+May import: nothing of ``tasks`` outside this package."""
