@@ -122,6 +122,21 @@ def set_variants(page, wanted: list[str]) -> None:
     sync_api.expect(shown).to_have_count(len(wanted))
 
 
+def select_option(page, title: str, option: str, attempts: int = 3) -> None:
+    """Pick `option` in the single-select `title`. Under load the UI can re-render the open list
+    while the click lands (the option is "not stable", then detached): as a user would, close it
+    and open it again, at most `attempts` times."""
+    for attempt in range(attempts):
+        page.get_by_role("button", name=f"Select {title}").click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            return
+        except sync_api.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
+
+
 def flow_run(cluster: Cluster, flow_run_id: str) -> dict:
     return httpx.get(f"{cluster.api}/flow_runs/{flow_run_id}", timeout=10).json()
 
@@ -180,8 +195,7 @@ def test_a_custom_run_from_the_ui_completes_and_shows_its_report_artifacts(clust
         choose_type(results_store, "str")
         results_store.locator("textarea, input[type=text]").first.fill(str(store))
         set_variants(page, ["float32", "int8"])
-        page.get_by_role("button", name="Select Execution").click()
-        page.get_by_role("option", name="local", exact=True).click()
+        select_option(page, "Execution", "local")
         sync_api.expect(page.get_by_role("button", name="Select Execution")).to_have_text("local")
         screenshots(page, "1-form-filled")
 
