@@ -87,10 +87,11 @@ def bench_dataset(count: int, work: Path):
 def decoded_inputs(dataset, fixed_size) -> tuple[list, float]:
     """Every image read, decoded and resized (model input batches), and the ms per image that took."""
     from tasks.data.dataset import ImageReader
+    from tasks.model.preprocess import odapi_preparation
     from tasks.run.prefetch import prepare
 
-    reader, started = ImageReader(dataset.images_url), time.perf_counter()
-    batches = [prepare(reader, record, fixed_size).batch for record in dataset.images]
+    reader, started, preparation = ImageReader(dataset.images_url), time.perf_counter(), odapi_preparation(fixed_size)
+    batches = [prepare(reader, record, preparation).batch for record in dataset.images]
     return batches, (time.perf_counter() - started) * 1000 / len(batches)
 
 

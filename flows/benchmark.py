@@ -20,9 +20,11 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.data.dataset import load_dataset, make_shards
 from tasks.model.calibration import calibration_files, calibration_task, comparison_inputs
-from tasks.model.checks import check_variants, model_input
+from tasks.model.checks import already_quantized, check_variants, model_input, model_io, model_spec, variants_for
 from tasks.model.coverage import compare_task
+from tasks.model.preprocess import Preparation
 from tasks.model.sources import ResolvedModel, resolve_model, shown
+from tasks.model.spec import ModelSpec, label_map, spec_summary
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS, convert_variant, saved_model_artifact
 from tasks.nightly.alerts import emit_regression_event
 from tasks.nightly.regression import RegressionsFound, Thresholds, describe, regression_task
@@ -57,7 +59,8 @@ class BenchmarkConfig(BaseModel):
     model: str | None = Field(None, title="Model", description="The detector: a SavedModel directory (TF OD API 'serving_default' signature), a float .tflite, a zoo .tar.gz (path or URL), s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle. Empty: the embedded demo detector.")
     annotations: str | None = Field(None, title="Annotations (COCO JSON)", description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
     images: str | None = Field(None, title="Images folder", description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
-    variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32.")
+    variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32; given (an already quantized .tflite as it is). The default four mean, for a .tflite model: float32, weight_only_wf16_afp32 and dynamic_wi8_afp32 (a float one) or given (an already quantized one).")
+    spec: ModelSpec = Field(default_factory=ModelSpec, title="Model spec", description="The detector's head (how its outputs become detections), input convention and postprocessing; empty fields take the head's defaults (quantbench heads lists them).")
     shard_size: int = Field(50, ge=1, title="Images per shard", description="Images per inference task.")
     workers: int = Field(2, ge=1, title="Shards in flight", description="Shards running at once: threads of this flow run (local execution) or shard flow runs on the work pool (deployment execution).")
     threads: int = Field(1, ge=1, title="Threads per interpreter", description="CPU threads per interpreter (inference and latency).")
@@ -65,7 +68,6 @@ class BenchmarkConfig(BaseModel):
     store: str | None = Field(None, title="Results store", description="Where results go: a local folder, file:///path or s3://bucket/prefix. Empty: decided where the flow runs, at run time: $QUANTBENCH_STORE there, else the folder quantbench-results in its working directory.")
     latency_images: int = Field(50, ge=1, title="Latency runs per variant", description="Timed invoke() calls per variant, after warm-up.")
     min_score: float = Field(0.0, ge=0.0, le=1.0, title="Minimum score", description="Drop detections scoring below this.")
-    class_ids: Literal["category_id", "index0"] = Field("category_id", title="Detection classes are", description="What the model's detection_classes hold: category_id (TF OD API models: the dataset's category ids) or index0 (0-based index into the dataset's sorted category ids, as 80-class models emit).")
     calibration_images: str | None = Field(None, title="Calibration images folder", description="Folder (path or s3:// prefix) of images disjoint from the evaluation images, for int8_full/int16x8 calibration and the float32 output comparison. Empty with the demo: its calib split.")
     calibration_count: int = Field(32, ge=1, title="Calibration images used", description="Calibration images used.")
     execution: Literal["local", "deployment"] = Field("local", title="Execution", description="local: shards run as tasks in this flow run's process; deployment: each shard runs as a flow run of the per-shard deployment on its work pool (its own process or container).")
@@ -123,33 +125,37 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     with clock("inputs"):
         check_settings(config)  # a bad setting fails here, before any work
         model, annotations, images, calibration_images = resolve_inputs(config)
-        variants = [v for v in VARIANTS if v in config.variants]
-        check_variants(model, variants, calibration_images)
-        image_input = model_input(model)
-        fixed_size = tuple(image_input["shape"][1:3]) if min(image_input["shape"][1:3]) > 0 else None
+        io = model_io(model)
+        spec = model_spec(config.spec, io, shown(model.source))
+        quantized = already_quantized(model, io)
+        variants = variants_for(model, list(config.variants), quantized)
+        check_variants(model, variants, calibration_images, quantized)
+        preparation = Preparation.of(spec, io.input, io.input_size)
         dataset = load_dataset(annotations, images, config.limit)
         shards = make_shards(dataset, config.shard_size)
-    run_id = run_identity(config.result_settings(), model.digest, dataset.digest)
+    run_id = run_identity({**config.result_settings(), "variants": variants, "resolved_spec": spec_summary(spec)},
+                          model.digest, dataset.digest)
     run_prefix = f"runs/{run_id}"
     logger.info("run %s: %d images in %d shards, variants %s", run_id, len(dataset.images), len(shards), ", ".join(variants))
 
     with clock("conversion"):
         calibration = (
-            calibration_task(calibration_images, config.calibration_count, fixed_size, dataset)
-            if calibration_images else comparison_inputs(dataset, fixed_size)
+            calibration_task(calibration_images, config.calibration_count, preparation, dataset)
+            if calibration_images else comparison_inputs(dataset, preparation)
         )
-        # float32 is always produced: quantizer recipes start from it and every size claim is checked against it.
-        artifacts = {"float32": convert_variant(str(model.path), model.digest, "float32", config.store)}
+        # float32 is produced whenever it can be: quantizer recipes start from it and every size
+        # claim is checked against it. An already quantized .tflite (given) has none.
+        artifacts = {} if variants == ["given"] else {"float32": convert_variant(str(model.path), model.digest, "float32", config.store)}
         for variant in variants:
             if variant == "saved_model":
                 artifacts[variant] = saved_model_artifact(str(model.path))
             elif variant != "float32":
-                artifacts[variant] = convert_variant(str(model.path), model.digest, variant, config.store, artifacts["float32"], calibration)
+                artifacts[variant] = convert_variant(str(model.path), model.digest, variant, config.store, artifacts.get("float32"), calibration)
 
-    label_map = dataset.category_ids if config.class_ids == "index0" else None
+    classes_to_ids = label_map(spec.postprocess.classes, dataset.category_ids)
     jobs = [
         ShardJob(v, artifacts[v].url, model.digest, dataset.annotations_digest, dataset.images_url, shard, config.store,
-                 config.threads, config.min_score, dataset.category_ids, label_map)
+                 config.threads, config.min_score, dataset.category_ids, classes_to_ids, spec_summary(spec))
         for shard in shards  # shard-major: a shard's variants run close together and share its decoded images
         for v in variants
     ]
@@ -182,9 +188,11 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
                 f"{first['file_name']}: {first['reason']}); no report was published: fix the images and rerun"
             )
         with clock("latency"):
-            latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads, config.latency_images)
+            latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads,
+                                   config.latency_images, spec)
         with clock("comparison"):
-            differences = {} if variant == "float32" else compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration)
+            differences = ({} if variant == "float32" or "float32" not in artifacts else
+                           compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration))
         with clock("evaluation"):
             metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids), config.eval_backend)
         per_image[variant] = metrics.pop("per_image")
@@ -195,13 +203,14 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     run = {
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"source": shown(model.source), "kind": model.kind, "digest": model.digest, "input": image_input},
+        "model": {"source": shown(model.source), "kind": model.kind, "digest": model.digest, "input": model_input(io),
+                  "head": spec.head, "spec": spec_summary(spec)},
         "dataset": {"annotations": dataset.annotations_url, "images_url": dataset.images_url, "digest": dataset.digest,
                     "images": len(dataset.images), "instances_per_category": dataset.instances_per_category},
         "calibration": calibration.source,
         "shards": shards_run,
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
-                                               "class_ids", "calibration_count", "execution", "shard_deployment", "bootstrap_resamples",
+                                               "spec", "calibration_count", "execution", "shard_deployment", "bootstrap_resamples",
                                                "fail_on_regression", "regression_ap_drop", "regression_size_growth", "grid_intensity", "eval_backend",
                                                "regression_latency_rise"}),
         "host": host,
@@ -229,13 +238,16 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
 
 def validate(config: BenchmarkConfig) -> None:
     """Fail fast, before any flow starts, with one line: the store (reachable, bucket exists,
-    writable), the model (parses, right signature), the dataset, the calibration images
+    writable), the model (parses, its head reads its outputs, its spec fits its input, the
+    variants can be made from it), the dataset, the calibration images
     (readable, disjoint from the evaluation images by content)."""
     config = config.resolved()
     check_settings(config)
     model, annotations, images, calibration_images = resolve_inputs(config)
-    check_variants(model, list(config.variants), calibration_images)
-    model_input(model)
+    io = model_io(model)
+    model_spec(config.spec, io, shown(model.source))
+    quantized = already_quantized(model, io)
+    check_variants(model, variants_for(model, list(config.variants), quantized), calibration_images, quantized)
     dataset = load_dataset(annotations, images, config.limit)
     if calibration_images:
         calibration_files(calibration_images, config.calibration_count, dataset)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from tasks.store.errors import QuantbenchError, TransientError
 from tasks.score.evaluation import EVAL_BACKENDS
+from tasks.model.spec import HEADS, ModelSpec, heads_text, load_spec_file, parse_spec
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS
 
 
@@ -46,8 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="results store: folder, file:///path or s3://bucket/prefix (default ./quantbench-results)")
     run.add_argument("--latency-images", type=int, help="timed invocations per variant (default 50)")
     run.add_argument("--min-score", type=float, help="drop detections below this score (default 0)")
-    run.add_argument("--class-ids", choices=("category_id", "index0"),
-                     help="detection_classes are category ids (default, TF OD API) or 0-based indices into the sorted category ids")
+    run.add_argument("--head", choices=("auto", *HEADS), help="how the model's outputs become detections (default auto: "
+                     "decided from its outputs where unambiguous); 'quantbench heads' lists the heads and their defaults")
+    run.add_argument("--spec", metavar="FILE.yaml", help="the model spec (head, input.*, postprocess.*): any field; --head and --class-ids override it")
+    run.add_argument("--class-ids", choices=("category_id", "index0", "labelmap90"),
+                     help="what the model's classes are (postprocess.classes): the dataset's category ids, 0-based indices into "
+                     "its sorted category ids, or 0-based over COCO's 90-entry label map (default: the head's)")
     run.add_argument("--calibration-images", help="folder of images disjoint from the evaluation set (int8_full, int16x8)")
     run.add_argument("--calibration-count", type=int, help="calibration images used (default 32)")
     run.add_argument("--bootstrap-resamples", type=int, help="paired bootstrap resamples for ΔAP CIs and regression significance (default 200)")
@@ -59,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="exit with status 3 (report still published) when the run regressed against the previous comparable run")
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
     run.add_argument("--quiet", action="store_true", help="no progress and no Prefect log lines: only the table and the result lines")
+    commands.add_parser("heads", help="list the model heads: the detectors each reads, their input conventions and postprocessing defaults")
     _results_parser(commands)
     alerts = commands.add_parser("alerts", help="regression alerts through the Prefect server in PREFECT_API_URL")
     alert_actions = alerts.add_subparsers(dest="action", required=True)
@@ -102,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return _install(_install_alert, args.webhook_url)
     if args.command == "crash-detection":
         return _install(_install_crash_detection)
+    if args.command == "heads":
+        print(heads_text())
+        return 0
     if args.quiet:
         with _native_chatter_off_the_terminal():
             return _run(args)
@@ -110,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """``quantbench run``: validate, run the benchmark flow, print the table and the report's URL."""
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet") and v is not None}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet", "head", "spec", "class_ids") and v is not None}
+    try:
+        options["spec"] = _spec(args)
+    except QuantbenchError as error:
+        return _fail(args, str(error), 2)
     if not args.verbose:
         _tracebacks_off_the_terminal()
     if args.quiet:
@@ -211,6 +224,17 @@ def _tracebacks_off_the_terminal() -> None:
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
+def _spec(args: argparse.Namespace) -> ModelSpec:
+    """The model spec from ``--spec FILE`` (else empty), with ``--head`` and ``--class-ids`` on top."""
+    spec = load_spec_file(args.spec) if args.spec else ModelSpec()
+    document = spec.model_dump(exclude_none=True)
+    if args.head:
+        document["head"] = args.head
+    if args.class_ids:
+        document.setdefault("postprocess", {})["classes"] = args.class_ids
+    return parse_spec(document, f"spec file {args.spec}" if args.spec else "--head/--class-ids")
 
 
 # Lines native libraries write straight to file descriptor 2, past Python's logging: LiteRT's

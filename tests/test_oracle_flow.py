@@ -71,7 +71,7 @@ def test_flow_parameters_are_one_described_model():
     fields = schema["definitions"]["BenchmarkConfig"]["properties"]
     assert {"model", "annotations", "images", "variants", "shard_size", "workers", "threads", "limit", "store"} <= set(fields)
     assert all(field.get("description") for field in fields.values())
-    assert fields["class_ids"]["title"] == "Detection classes are" and fields["shard_timeout_s"]["title"] == "Shard timeout (s)"
+    assert fields["spec"]["title"] == "Model spec" and fields["shard_timeout_s"]["title"] == "Shard timeout (s)"
     # The UI shows real defaults: the four variants (and at least one must stay), no store baked in at deploy time.
     assert fields["variants"]["default"] == list(DEFAULT_VARIANTS) and fields["variants"]["minItems"] == 1
     assert fields["store"].get("default") is None and schema["properties"]["config"]["default"]["store"] is None

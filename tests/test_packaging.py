@@ -209,9 +209,10 @@ SLIM_CHECK = textwrap.dedent("""
             importlib.import_module(module.name)
 
     import numpy as np
-    from tasks.model.runtimes import open_runtime, prepare_input
+    from tasks.model.preprocess import odapi_preparation, prepare_input
+    from tasks.model.runtimes import open_runtime
     runtime = open_runtime("float32", Path(sys.argv[1]), 1)
-    runtime.set_input(prepare_input(np.zeros((120, 200, 3), np.uint8), runtime.fixed_size))
+    runtime.set_input(prepare_input(np.zeros((120, 200, 3), np.uint8), odapi_preparation(runtime.fixed_size))[0])
     runtime.invoke()
     outputs = runtime.outputs()
     assert {{"detection_boxes", "detection_scores", "detection_classes"}} <= set(outputs), outputs.keys()

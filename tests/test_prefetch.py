@@ -10,6 +10,7 @@ from PIL import Image
 
 from tasks.data.dataset import ImageReader, ImageRecord
 from tasks.store.errors import QuantbenchError
+from tasks.model.preprocess import odapi_preparation
 from tasks.run.prefetch import prepared_images
 
 
@@ -35,7 +36,7 @@ def prefetch_threads() -> list[threading.Thread]:
 def test_items_come_in_order_with_per_image_failures_in_place(folder, depth):
     records = [record(0), record(1), record(90, "missing.png"), record(2), record(91, "corrupt.jpg"), *map(record, range(3, 8))]
     cpu = []
-    items = list(prepared_images(ImageReader(str(folder)), records, (32, 40), depth, cpu.append))
+    items = list(prepared_images(ImageReader(str(folder)), records, odapi_preparation((32, 40)), depth, cpu.append))
     assert [item.record for item in items] == records
     failures = {item.record.id: item.failure for item in items if item.failure}
     assert set(failures) == {90, 91} and "not found" in failures[90] and failures[91]
@@ -52,14 +53,14 @@ def test_a_store_error_is_raised_at_its_position_and_stops_the_thread(folder, de
     records = [record(0), record(1), record(99, "folder.jpg"), record(2), record(3)]
     seen = []
     with pytest.raises(QuantbenchError, match="is a directory"):
-        for item in prepared_images(ImageReader(str(folder)), records, None, depth):
+        for item in prepared_images(ImageReader(str(folder)), records, odapi_preparation(None), depth):
             seen.append(item.record.id)
     assert seen == [0, 1]
     assert not prefetch_threads()
 
 
 def test_leaving_early_stops_the_thread(folder):
-    images = prepared_images(ImageReader(str(folder)), list(map(record, range(8))), None, depth=2)
+    images = prepared_images(ImageReader(str(folder)), list(map(record, range(8))), odapi_preparation(None), depth=2)
     assert next(images).record.id == 0
     images.close()
     assert not prefetch_threads()

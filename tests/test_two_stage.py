@@ -14,7 +14,7 @@ FLEX = ["FlexCombinedNonMaxSuppression", "FlexCropAndResize"]
 def report(prefect_backend, oracle_data, tmp_path_factory) -> dict:
     model = build_two_stage_model(tmp_path_factory.mktemp("two-stage") / "model")
     config = BenchmarkConfig(
-        model=str(model), annotations=str(oracle_data), images=str(oracle_data.parent), class_ids="index0",
+        model=str(model), annotations=str(oracle_data), images=str(oracle_data.parent), spec={"postprocess": {"classes": "index0"}},
         shard_size=4, latency_images=3, store=str(tmp_path_factory.mktemp("store")),
     )
     return json.loads(open(urlparse(benchmark(config)).path).read())

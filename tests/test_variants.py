@@ -61,11 +61,12 @@ def test_calibrated_variants_refuse_the_evaluation_images(oracle_data, oracle_mo
     with pytest.raises(QuantbenchError, match="need --calibration-images"):
         validate(config)
     from tasks.model.calibration import load_calibration
+    from tasks.model.preprocess import odapi_preparation
     from tasks.data.dataset import load_dataset
 
     dataset = load_dataset(str(oracle_data), str(oracle_data.parent))
     with pytest.raises(QuantbenchError, match="calibration images overlap the evaluation images"):
-        load_calibration(str(oracle_data.parent), 4, (96, 160), dataset)
+        load_calibration(str(oracle_data.parent), 4, odapi_preparation((96, 160)), dataset)
 
 
 def test_a_float_tflite_source_is_quantized_without_conversion(prefect_backend, oracle_data, oracle_models, tmp_path):

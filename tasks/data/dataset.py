@@ -147,6 +147,31 @@ def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((width, height), Image.BILINEAR))
 
 
+def resize_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize to ``height`` x ``width`` by plain bilinear interpolation, no antialiasing: output
+    pixel centres mapped to ``(i + 0.5) * source / target - 0.5``, edges clamped, rounded to uint8 —
+    OpenCV's ``INTER_LINEAR`` (what the YOLO families, YOLOX and NanoDet resize with) and
+    ``tf.image.resize(..., "bilinear")``. Unlike :func:`resize_rgb` it does not widen the filter
+    when shrinking."""
+    source_height, source_width = pixels.shape[:2]
+    if (source_height, source_width) == (height, width):
+        return pixels
+
+    def taps(size: int, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = np.clip((np.arange(size) + 0.5) * source / size - 0.5, 0, source - 1)
+        low = np.floor(position).astype(np.intp)
+        return low, np.minimum(low + 1, source - 1), position - low
+
+    y0, y1, wy = taps(height, source_height)
+    x0, x1, wx = taps(width, source_width)
+    image = pixels.astype(np.float64)  # float32 moves values at the .5 rounding ties
+    # Along each row first, then down the columns, as OpenCV does (the order decides those ties too).
+    top = image[y0][:, x0] * (1 - wx)[None, :, None] + image[y0][:, x1] * wx[None, :, None]
+    bottom = image[y1][:, x0] * (1 - wx)[None, :, None] + image[y1][:, x1] * wx[None, :, None]
+    resized = top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
 class ImageReader:
     """Reads image bytes by file name from the dataset's image folder (local or S3)."""
 

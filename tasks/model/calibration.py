@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.data.dataset import Dataset, decode_rgb, load_inputs
 from tasks.store.errors import STORE_RETRIES, ImageDecodeError, QuantbenchError
+from tasks.model.preprocess import Preparation, prepare_input
 from tasks.model.variants import Calibration
-from tasks.model.runtimes import prepare_input
 from tasks.store.object_store import open_store
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -47,25 +47,27 @@ def calibration_files(images_url: str, count: int, evaluation: Dataset) -> list[
     return files
 
 
-def load_calibration(images_url: str, count: int, fixed_size: tuple[int, int] | None, evaluation: Dataset) -> Calibration:
-    """The calibration images (see :func:`calibration_files`) as model-ready uint8 batches."""
-    digest, batches = hashlib.sha256(), []
+def load_calibration(images_url: str, count: int, preparation: Preparation, evaluation: Dataset) -> Calibration:
+    """The calibration images (see :func:`calibration_files`) as model-ready batches, prepared
+    exactly as inference prepares its inputs (``preparation``, which is part of the digest: a
+    calibrated variant is never reused across specs)."""
+    digest, batches = hashlib.sha256(repr(preparation).encode()), []
     for name, data in calibration_files(images_url, count, evaluation):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
         try:
-            batches.append(prepare_input(decode_rgb(data), fixed_size))
+            batches.append(prepare_input(decode_rgb(data), preparation)[0])
         except ImageDecodeError as error:
             raise QuantbenchError(f"calibration image {name} in {images_url} cannot be used: {error}") from None
     return Calibration(source=f"{len(batches)} images from {open_store(images_url).url}", digest=digest.hexdigest(), batches=tuple(batches))
 
 
-def comparison_inputs(dataset: Dataset, fixed_size: tuple[int, int] | None) -> Calibration:
+def comparison_inputs(dataset: Dataset, preparation: Preparation) -> Calibration:
     """Without calibration images, outputs are compared on the first (up to 4) readable evaluation
     images, as model-ready uint8 batches; no digest (nothing is calibrated on them)."""
-    batches = tuple(prepare_input(pixels, fixed_size) for pixels in load_inputs(dataset.images_url, list(dataset.images), 4))
+    batches = tuple(prepare_input(pixels, preparation)[0] for pixels in load_inputs(dataset.images_url, list(dataset.images), 4))
     return Calibration(source=f"first {len(batches)} readable evaluation images (comparison only)", digest="", batches=batches)
 
 
 @task(name="calibration", cache_policy=NO_CACHE, **STORE_RETRIES)
-def calibration_task(images_url: str, count: int, fixed_size: tuple[int, int] | None, evaluation: Dataset) -> Calibration:
-    return load_calibration(images_url, count, fixed_size, evaluation)
+def calibration_task(images_url: str, count: int, preparation: Preparation, evaluation: Dataset) -> Calibration:
+    return load_calibration(images_url, count, preparation, evaluation)

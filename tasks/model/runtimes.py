@@ -2,10 +2,12 @@
 TensorFlow for the SavedModel baseline.
 
 Both expose the same three steps so latency can time ``invoke()`` alone:
-``set_input(batch)`` (uint8 ``[1, H, W, 3]``), ``invoke()``, ``outputs()`` (dict by output name).
-A ``.tflite`` model is run through its ``serving_default`` signature's name → tensor mapping,
-never by position (``get_output_details()`` order is not the signature's). LiteRT inference
-does not import TensorFlow unless the model contains Select TF ("Flex") ops.
+``set_input(batch)`` (the model's input, prepared by :mod:`tasks.model.preprocess`), ``invoke()``,
+``outputs()`` (dict by output name), and describe their tensors as ``io``
+(:class:`~tasks.model.tensors.ModelIO`). A ``.tflite`` model is run through its
+``serving_default`` signature's name → tensor mapping where it has one, never by position
+(``get_output_details()`` order is not the signature's). LiteRT inference does not import
+TensorFlow unless the model contains Select TF ("Flex") ops.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.store.errors import QuantbenchError, import_tensorflow
+from tasks.model.tensors import ModelIO, TensorInfo
 from tasks.model.variants import SIGNATURE_KEY
 from tasks.store.object_store import cache_dir, split_url
 
@@ -30,14 +33,20 @@ def local_model_path(url: str) -> Path:
 
 
 class LiteRTRuntime:
-    """A ``.tflite`` model in an ``ai_edge_litert`` interpreter with ``threads`` CPU threads."""
+    """A ``.tflite`` model in an ``ai_edge_litert`` interpreter with ``threads`` CPU threads.
+
+    Its image input and outputs are those of the ``serving_default`` signature (by name), or, in a
+    model without signatures (many exports), of its main subgraph (by tensor name). ``io``
+    describes them; :meth:`outputs` dequantizes integer outputs with each tensor's own scale and
+    zero point."""
 
     def __init__(self, model_path: Path, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        from tasks.model.tflite_inspect import flex_ops
+        from tasks.model.tflite_inspect import export_metadata, flex_ops, op_counts, postprocess_outputs
 
-        needs_tensorflow = flex_ops(Path(model_path).read_bytes())
+        model = Path(model_path).read_bytes()
+        needs_tensorflow = flex_ops(model)
         if needs_tensorflow:
             # Importing TensorFlow registers its Flex delegate, which an interpreter picks up when
             # it is built. Models without Flex ops never import TensorFlow (4 s and ~0.5 GB less).
@@ -55,18 +64,34 @@ class LiteRTRuntime:
                                            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
             self.interpreter.allocate_tensors()
             self.delegate = "none (XNNPACK could not prepare this model)"
+        tensors = {d["index"]: d for d in self.interpreter.get_tensor_details()}
         signatures = self.interpreter.get_signature_list()
-        if SIGNATURE_KEY not in signatures:
-            raise QuantbenchError(f"{model_path} has no '{SIGNATURE_KEY}' signature (found: {', '.join(signatures) or 'none'})")
-        runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
-        (self.input_name, input_detail), = runner.get_input_details().items()
-        self._output_indices = {name: d["index"] for name, d in runner.get_output_details().items()}
-        del runner  # it holds views of the interpreter's buffers, which block later re-allocation
+        if signatures and SIGNATURE_KEY not in signatures:
+            raise QuantbenchError(f"{model_path} has no '{SIGNATURE_KEY}' signature (found: {', '.join(signatures)})")
+        if signatures:
+            runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
+            inputs = list(runner.get_input_details().items())
+            outputs = [(name, d["index"]) for name, d in runner.get_output_details().items()]
+            del runner  # it holds views of the interpreter's buffers, which block later re-allocation
+        else:
+            inputs = [(d["name"], d) for d in self.interpreter.get_input_details()]
+            outputs = [(d["name"], d["index"]) for d in self.interpreter.get_output_details()]
+        if len(inputs) != 1:
+            raise QuantbenchError(f"{model_path} takes {len(inputs)} inputs; quantbench feeds one image tensor")
+        (input_name, input_detail), = inputs
         self._input_index = input_detail["index"]
         if self._input_index not in {d["index"] for d in self.interpreter.get_input_details()}:
             raise QuantbenchError(f"{model_path}: '{SIGNATURE_KEY}' is not the model's main subgraph")
-        signature_shape = [int(d) for d in input_detail["shape_signature"]]
-        self.fixed_size = tuple(signature_shape[1:3]) if min(signature_shape[1:3]) > 0 else None
+        self.input_name = input_name
+        self._outputs = {name: (index, *_quantization(tensors[index])) for name, index in outputs}
+        self.io = ModelIO(
+            input=_tensor_info(input_name, tensors[self._input_index], input_detail.get("shape_signature")),
+            outputs=tuple(_tensor_info(name, tensors[index]) for name, index in outputs),
+            ops=frozenset(op_counts(model)),
+            postprocess_outputs=postprocess_outputs(model),
+            metadata=export_metadata(model),
+        )
+        self.fixed_size = self.io.input_size
         self._shape = tuple(int(d) for d in input_detail["shape"])
 
     def set_input(self, batch: np.ndarray) -> None:
@@ -80,7 +105,24 @@ class LiteRTRuntime:
         self.interpreter.invoke()
 
     def outputs(self) -> dict[str, np.ndarray]:
-        return {name: self.interpreter.get_tensor(index) for name, index in self._output_indices.items()}
+        """Each output by name; integer outputs with quantization parameters dequantized to float32."""
+        values = {}
+        for name, (index, scale, zero_point) in self._outputs.items():
+            value = self.interpreter.get_tensor(index)
+            values[name] = (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale) if scale else value
+        return values
+
+
+def _quantization(detail: dict) -> tuple[float, int]:
+    """(scale, zero point) of an integer tensor quantized per tensor; (0.0, 0) otherwise."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero_point)) if scale and np.issubdtype(detail["dtype"], np.integer) else (0.0, 0)
+
+
+def _tensor_info(name: str, detail: dict, shape_signature=None) -> TensorInfo:
+    shape = shape_signature if shape_signature is not None and len(shape_signature) else detail.get("shape_signature", detail["shape"])
+    scale, zero_point = _quantization(detail)
+    return TensorInfo(name, tuple(int(d) for d in shape), np.dtype(detail["dtype"]).name, scale, zero_point, detail["name"])
 
 
 class SavedModelRuntime:
@@ -94,8 +136,13 @@ class SavedModelRuntime:
         self._loaded = loaded  # keep the variables alive
         self._function = loaded.signatures[SIGNATURE_KEY]
         (self.input_name, spec), = self._function.structured_input_signature[1].items()
-        dims = spec.shape.as_list()
-        self.fixed_size = (dims[1], dims[2]) if dims[1] and dims[2] else None
+        outputs = self._function.structured_outputs
+        self.io = ModelIO(
+            input=TensorInfo(self.input_name, tuple(-1 if d is None else d for d in spec.shape.as_list()), spec.dtype.name),
+            outputs=tuple(TensorInfo(name, tuple(-1 if d is None else d for d in value.shape.as_list()), value.dtype.name)
+                          for name, value in sorted(outputs.items())),
+        )
+        self.fixed_size = self.io.input_size
         self._input = None
         self._outputs: dict[str, np.ndarray] = {}
         self.delegate = "tensorflow"
@@ -116,12 +163,3 @@ def open_runtime(variant: str, model_path: Path, threads: int):
     if variant == "saved_model":
         return SavedModelRuntime(model_path, threads)
     return LiteRTRuntime(model_path, threads)
-
-
-def prepare_input(pixels: np.ndarray, fixed_size: tuple[int, int] | None) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` → model input ``[1, h, w, 3]`` (resized when the model's size is fixed)."""
-    from tasks.data.dataset import resize_rgb
-
-    if fixed_size is not None:
-        pixels = resize_rgb(pixels, *fixed_size)
-    return np.ascontiguousarray(pixels[None, ...], dtype=np.uint8)

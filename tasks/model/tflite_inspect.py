@@ -71,3 +71,49 @@ def flex_ops(model: bytes) -> list[str]:
     """Names of the Select TF ops (``Flex…`` custom ops) in the model; they need TensorFlow to run."""
     root = _model(model)
     return sorted({n for n in (_operator_name(root.OperatorCodes(i)) for i in range(root.OperatorCodesLength())) if n.startswith("Flex")})
+
+
+def postprocess_outputs(model: bytes) -> tuple[str, ...] | None:
+    """Tensor names of the first ``TFLite_Detection_PostProcess`` op's outputs in the op's own order
+    (boxes, classes, scores, count), or None when the model has no such op."""
+    root = _model(model)
+    names = [_operator_name(root.OperatorCodes(i)) for i in range(root.OperatorCodesLength())]
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            operator = subgraph.Operators(o)
+            if names[operator.OpcodeIndex()] == "TFLite_Detection_PostProcess":
+                return tuple(subgraph.Tensors(operator.Outputs(k)).Name().decode() for k in range(operator.OutputsLength()))
+    return None
+
+
+METADATA_BYTES = 1 << 20  # an export's metadata is a few kB; anything larger is not read
+
+
+def export_metadata(model: bytes) -> dict | None:
+    """The metadata an Ultralytics export appends to the flatbuffer as a zip entry
+    (``metadata.json``, or one Python-literal dict in older onnx2tf exports), or None.
+
+    Read as data only (JSON, or ``ast.literal_eval``: literals, never code), at most
+    :data:`METADATA_BYTES`; anything unreadable is None."""
+    import ast
+    import io
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as archive:
+            entries = [info for info in archive.infolist() if not info.is_dir()]
+            if len(entries) != 1 or entries[0].file_size > METADATA_BYTES:
+                return None
+            text = archive.read(entries[0]).decode("utf-8")
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, ValueError):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return value if isinstance(value, dict) else None

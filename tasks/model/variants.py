@@ -4,6 +4,8 @@
 Variants (names used everywhere, in this order in reports); the default is the study's four:
 
 - ``saved_model``: the SavedModel itself, run by TensorFlow (the baseline row);
+- ``given``: a ``.tflite`` that is already quantized (float16 or integer weights, integer I/O),
+  benchmarked as it is: nothing else can be derived from it;
 - ``float32``, ``float16``, ``int8`` (dynamic range), ``int8_full`` (calibrated), ``int16x8``:
   LiteRT converter recipes;
 - ``weight_only_wi8_afp32``, ``dynamic_wi8_afp32``, ``weight_only_wf16_afp32``: LiteRT quantizer
@@ -21,12 +23,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.model.conversion import CALIBRATED_RECIPES, CONVERTER_RECIPES, QUANTIZER_RECIPES, convert, quantize
 from tasks.store.errors import STORE_RETRIES, QuantbenchError, import_tensorflow
+from tasks.model.tensors import ModelIO, TensorInfo
 from tasks.model.tflite_inspect import flex_ops, op_counts, quantized_share, weights_by_dtype
 
-VARIANTS = ("saved_model", *CONVERTER_RECIPES, *QUANTIZER_RECIPES)
+VARIANTS = ("saved_model", "given", *CONVERTER_RECIPES, *QUANTIZER_RECIPES)
 DEFAULT_VARIANTS = ("saved_model", "float32", "float16", "int8")
 SIGNATURE_KEY = "serving_default"
-REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes")
 # The dtype whose weight bytes a converted variant must hold (and, quantized, shrink the file by).
 CLAIMED_WEIGHT_DTYPE = {
     "float32": "float32", "float16": "float16", "int8": "int8", "int8_full": "int8", "int16x8": "int8",
@@ -49,18 +51,19 @@ class ModelArtifact:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Model-ready calibration batches (uint8 ``[1, H, W, 3]``) and where they came from."""
+    """Model-ready calibration batches (the model's input tensors, prepared as its spec says) and
+    where they came from."""
 
     source: str
     digest: str
     batches: tuple[np.ndarray, ...]
 
 
-def check_saved_model(model_dir: Path) -> dict:
-    """Validate ``model_dir`` as a SavedModel with a TF OD API-style serving signature.
-
-    Reads ``saved_model.pb`` only (no graph is loaded). Returns the signature's input description:
-    ``{"name", "dtype", "shape"}`` where shape uses -1 for unknown dimensions.
+def check_saved_model(model_dir: Path) -> ModelIO:
+    """Validate ``model_dir`` as a SavedModel with a ``serving_default`` signature that takes one
+    image tensor (``[1, H, W, 3]`` or ``[1, 3, H, W]``); return its input and outputs as
+    :class:`ModelIO` (-1 for unknown dimensions). Reads ``saved_model.pb`` only (no graph is
+    loaded); which head reads the outputs is decided from them (:mod:`tasks.model.heads`).
     """
     import_tensorflow(f"reading the SavedModel {model_dir}")
     from tensorflow.core.protobuf import saved_model_pb2
@@ -87,22 +90,20 @@ def check_saved_model(model_dir: Path) -> dict:
             "export it with one, as the TF Object Detection API's exporter does"
         )
     signature = signatures[SIGNATURE_KEY]
-    missing = [name for name in REQUIRED_OUTPUTS if name not in signature.outputs]
-    if missing:
-        raise QuantbenchError(
-            f"{model_dir}: serving signature lacks output(s) {', '.join(missing)}; "
-            f"quantbench needs TF OD API outputs {', '.join(REQUIRED_OUTPUTS)}"
-        )
     if len(signature.inputs) != 1:
         raise QuantbenchError(f"{model_dir}: serving signature must take one image tensor, it takes {len(signature.inputs)}")
-    (name, info), = signature.inputs.items()
-    shape = [-1 if d.size < 0 else d.size for d in info.tensor_shape.dim]
-    dtype = dtypes.as_dtype(info.dtype).name
-    if dtype != "uint8" or len(shape) != 4 or shape[3] != 3:
+
+    def info(name, tensor) -> TensorInfo:
+        return TensorInfo(name, tuple(-1 if d.size < 0 else d.size for d in tensor.tensor_shape.dim), dtypes.as_dtype(tensor.dtype).name)
+
+    (name, tensor), = signature.inputs.items()
+    image = info(name, tensor)
+    if len(image.shape) != 4 or 3 not in (image.shape[1], image.shape[3]):
         raise QuantbenchError(
-            f"{model_dir}: serving input '{name}' is {dtype} {shape}; quantbench needs uint8 [1, H, W, 3] images"
+            f"{model_dir}: serving input '{name}' is {image.dtype} {list(image.shape)}; quantbench needs one image tensor "
+            "[1, H, W, 3] (or [1, 3, H, W])"
         )
-    return {"name": name, "dtype": dtype, "shape": shape}
+    return ModelIO(image, tuple(info(n, o) for n, o in sorted(signature.outputs.items())))
 
 
 def directory_digest(model_dir: Path) -> str:
@@ -142,6 +143,8 @@ def verify_variant(variant: str, weights_by_dtype: dict[str, int], model_bytes: 
 
     This is what makes "float16 is 2x smaller" a checked claim rather than an assumption.
     """
+    if variant == "given":
+        return  # benchmarked as it is: it claims nothing
     claimed = CLAIMED_WEIGHT_DTYPE[variant]
     if weights_by_dtype.get(claimed, 0) == 0:
         raise QuantbenchError(
@@ -162,7 +165,7 @@ def _tool_version(variant: str, source_path: str) -> str:
     if variant in QUANTIZER_RECIPES:
         return f"aeq{metadata.version('ai-edge-quantizer')}"
     if source_path.endswith(".tflite"):
-        return "source"  # float32 of a .tflite source is the file as given
+        return "source"  # float32 (or given) of a .tflite source is the file as given
     return f"tf{metadata.version('tensorflow-cpu')}"
 
 
@@ -176,8 +179,8 @@ def convert_variant(source_path: str, source_digest: str, variant: str, store_ur
                     float32: ModelArtifact | None = None, calibration: Calibration | None = None) -> ModelArtifact:
     """Produce (or reuse the stored result of) one LiteRT variant and verify its dtype claim.
 
-    ``source_path`` is a SavedModel directory, or a float ``.tflite`` (then ``float32`` is that
-    file and only quantizer recipes apply). Stored under ``models/<digest>/<variant>-<tool
+    ``source_path`` is a SavedModel directory, or a ``.tflite``: a float one is ``float32`` (and
+    quantizer recipes apply to it), an already quantized one is ``given``. Stored under ``models/<digest>/<variant>-<tool
     version>[-calib<digest>].tflite``, so reruns reuse it and different models never collide.
     """
     from tasks.store.object_store import open_store, split_url
@@ -192,7 +195,7 @@ def convert_variant(source_path: str, source_digest: str, variant: str, store_ur
         float32_store, float32_key = split_url(float32.url)
         model = quantize(float32_store.read_bytes(float32_key), variant)
     elif source_path.endswith(".tflite"):
-        if variant != "float32":
+        if variant not in ("float32", "given"):
             raise QuantbenchError(f"variant {variant} needs the SavedModel; {source_path} is a .tflite (use a quantizer variant)")
         model = Path(source_path).read_bytes()
     else:

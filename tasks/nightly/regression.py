@@ -2,9 +2,9 @@
 
 The *comparable predecessor* of a run is the most recent earlier completed run in the same store
 on the same dataset (``dataset.digest``: annotations, chosen images and their content) with the
-same evaluation settings (``limit``, ``min_score``, ``class_ids``). The model may differ — a
-nightly's model location is re-exported by a training pipeline, and catching a checkpoint that
-quantizes worse is the point.
+same evaluation settings (``limit``, ``min_score``, the model ``spec`` as given) and a model read by the
+same head (the same detector family). The model may differ — a nightly's model location is
+re-exported by a training pipeline, and catching a checkpoint that quantizes worse is the point.
 
 What counts as a regression, per variant present in both runs (thresholds are settings):
 
@@ -31,7 +31,7 @@ from tasks.store.errors import STORE_RETRIES, QuantbenchError
 from tasks.score.significance import PerImageEval, paired_bootstrap, per_image_evaluation
 from tasks.store.object_store import Store, open_store, split_url
 
-EVALUATION_SETTINGS = ("limit", "min_score", "class_ids")
+EVALUATION_SETTINGS = ("limit", "min_score", "spec")
 
 
 class RegressionsFound(QuantbenchError):
@@ -59,6 +59,11 @@ def describe(regressions: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _head(report: dict) -> str:
+    """The head that read the run's model (reports from before heads existed: the TF OD API's)."""
+    return report["model"].get("head", "odapi")
+
+
 def find_predecessor(store: Store, report: dict) -> dict | None:
     """The newest completed run in ``store`` before ``report`` with the same dataset digest and
     evaluation settings, as its report.json dict (None if there is none)."""
@@ -68,7 +73,8 @@ def find_predecessor(store: Store, report: dict) -> dict | None:
         try:
             return (other["run_id"] != report["run_id"] and other["created"] <= report["created"]
                     and other["dataset"]["digest"] == report["dataset"]["digest"]
-                    and all(other["settings"].get(k) == report["settings"].get(k) for k in EVALUATION_SETTINGS))
+                    and all(other["settings"].get(k) == report["settings"].get(k) for k in EVALUATION_SETTINGS)
+                    and _head(other) == _head(report))
         except (KeyError, TypeError):
             return False  # a report from an older quantbench, or not one at all
 

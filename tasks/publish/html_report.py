@@ -32,7 +32,7 @@ PLOTS = (  # (file name without extension, caption), in page order
 )
 IMAGE_TYPES = (("svg", "image/svg+xml"), ("png", "image/png"))
 TABLE_NOTE = ("size_MB: model file (the SavedModel directory for saved_model), MB = 10^6 bytes; x_fp32: size relative "
-              "to float32; lat_*: invoke() latency in ms; img_per_s: 1000 / mean latency; pipeline_img_s: images per second of the "
+              "to float32; lat_*: invoke() latency in ms; post_ms: reading the outputs, the head's decode and NMS, p50 ms per image; img_per_s: 1000 / mean latency; pipeline_img_s: images per second of the "
               "inference stage (read, decode, invoke, COCO conversion) over the wall time its shards ran; AP…AR100: COCO bbox stats "
               "(n/a: undefined, no ground truth in that range); dAP_vs_fp32: ΔAP vs float32 with its paired bootstrap "
               "95% CI; q_share: share of weight bytes in a quantized dtype.")
@@ -147,7 +147,9 @@ def summary_markdown(report: dict, report_url: str, html_url: str, plots_url: st
     with CI and its significance), failures, regressions, links to report.json, the HTML page and
     the plots folder."""
     float32 = _baseline(report)
-    lines = [f"**quantbench {report['run_id']}**: {run_title(report)}", ""]
+    model = report.get("model") or {}
+    lines = [f"**quantbench {report['run_id']}**: {run_title(report)}", "",
+             f"- head {model.get('head', 'odapi')}; spec {spec_text(model.get('spec'))}"]
     if float32 is not None:
         lines.append(f"- {_baseline_summary(float32)}")
     lines += [f"- {variant_summary(e, float32)}" for e in report["variants"] if e["variant"] != BASELINE]
@@ -272,10 +274,19 @@ def _model_and_dataset(report: dict) -> str:
     return _definitions([
         ("model", model.get("source")), ("kind", model.get("kind")), ("sha256", model.get("digest")),
         ("input", f"{inputs.get('name', '?')} {inputs.get('dtype', '?')} {inputs.get('shape', '?')}"),
+        ("head", model.get("head", "odapi")), ("spec", spec_text(model.get("spec"))),
         ("annotations", dataset.get("annotations")), ("images", f"{dataset.get('images', '?')} from {dataset.get('images_url', '?')}"),
         ("dataset digest", dataset.get("digest")), ("calibration", report.get("calibration")),
         ("shards", report.get("shards")), ("created", report.get("created")),
     ])
+
+
+def spec_text(spec: dict | None) -> str:
+    """The resolved model spec on one line: ``input: channels rgb, … · postprocess: iou 0.7, …``."""
+    if not spec:
+        return "TF OD API outputs (odapi), uint8 pixels stretched to the input"
+    return " · ".join(f"{part}: " + ", ".join(f"{k} {v}" for k, v in (spec.get(part) or {}).items() if v not in (None, [], ()))
+                      for part in ("input", "postprocess"))
 
 
 def _size_text(count: int) -> str:

@@ -116,6 +116,7 @@ def report_table(report: dict) -> pd.DataFrame:
                 "lat_mean_ms": v["latency_ms"]["mean"],
                 "lat_p50_ms": v["latency_ms"]["p50"],
                 "lat_p90_ms": v["latency_ms"]["p90"],
+                "post_ms": (v["latency"].get("postprocess_ms") or {}).get("p50"),
                 "img_per_s": v["images_per_s"],
                 "pipeline_img_s": (v.get("inference") or {}).get("images_per_s"),
                 "J_per_img": (v.get("inference") or {}).get("j_per_image"),
@@ -143,7 +144,8 @@ def markdown_report(report: dict, table: pd.DataFrame) -> str:
     lines = [
         f"# quantbench report {report['run_id']}",
         "",
-        f"- model: `{report['model']['source']}` (sha256 {report['model']['digest'][:16]}…, input {report['model']['input']['shape']})",
+        f"- model: `{report['model']['source']}` (sha256 {report['model']['digest'][:16]}…, input {report['model']['input']['shape']}, "
+        f"head {report['model'].get('head', 'odapi')})",
         f"- dataset: `{report['dataset']['annotations']}`, {report['dataset']['images']} images",
         f"- latency: invoke() only, {settings['latency_images']} runs after warm-up, {settings['threads']} thread(s), "
         f"one variant at a time; host {host['cpu']} ({host['usable_cpus']} usable CPUs)",

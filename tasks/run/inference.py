@@ -2,7 +2,7 @@
 
 A shard's output is stored under a key derived from everything that decides its content (model
 digest, variant and its model file, annotations digest, each image's id and content fingerprint,
-score threshold, label map), so a rerun finds and reuses it and outputs of different models,
+the resolved model spec, score threshold, label map), so a rerun finds and reuses it and outputs of different models,
 images or settings never mix.
 
 What a shard records as a failed image is only ever about that image: its file does not exist,
@@ -20,12 +20,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.data.coco_format import od_api_to_coco
 from tasks.data.dataset import ImageReader, ImageRecord, Shard
+from tasks.model.heads import Detections, make_head
+from tasks.model.preprocess import Preparation
+from tasks.model.spec import ModelSpec, odapi_spec
 from tasks.store.errors import STORE_RETRIES
 from tasks.run.prefetch import prepared_images
 from tasks.model.runtimes import local_model_path, open_runtime
@@ -48,6 +50,10 @@ class ShardJob:
     min_score: float = 0.0
     category_ids: tuple[int, ...] = ()  # the dataset's categories; other classes are counted, not kept
     label_map: tuple[int, ...] | None = None  # model class index -> category id (None: classes are ids)
+    spec: dict | None = None  # the resolved ModelSpec (tasks.model.spec), JSON-ready; None: the TF OD API head
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.model_validate(self.spec) if self.spec else odapi_spec()
 
     def output_key(self) -> str:
         identity = {
@@ -58,6 +64,7 @@ class ShardJob:
             "images": [[record.id, record.fingerprint] for record in self.shard.images],
             "min_score": self.min_score,
             "label_map": self.label_map,
+            "spec": self.spec,
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"shards/{self.variant}/{digest[:32]}.json"
@@ -115,10 +122,12 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
     with ResourceMeter(whole_process=alone_in_process) as meter:
         with meter.threads_started():  # an interpreter's worker threads (threads > 1)
             runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
+        spec = job.model_spec()
+        head, preparation = make_head(spec, runtime.io), Preparation.of(spec, runtime.io.input, runtime.fixed_size)
         meter.attributable = not runtime.uses_tensorflow
         load_s = time.time() - meter.started
         meter.restart_cpu()  # CPU per image: after the model load (reported as load_s)
-        images = prepared_images(ImageReader(job.images_url), list(job.shard.images), runtime.fixed_size, prefetch, meter.add_cpu)
+        images = prepared_images(ImageReader(job.images_url), list(job.shard.images), preparation, prefetch, meter.add_cpu)
         with contextlib.closing(images):
             for image in images:
                 if image.failure is not None:
@@ -126,7 +135,8 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
                     continue
                 runtime.set_input(image.batch)
                 runtime.invoke()
-                detections += keep_dataset_categories(coco_detections(image.record, runtime.outputs(), job.min_score),
+                found = head.decode(runtime.outputs(), image.frame)
+                detections += keep_dataset_categories(coco_detections(image.record, found, job.min_score),
                                                       job.label_map, job.category_ids, outside)
                 done.append(image.record.id)
     usage = {**asdict(meter.usage), "load_s": round(load_s, 4), "prefetch": prefetch, "pid": os.getpid()}
@@ -137,15 +147,10 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
                        round(meter.usage.wall_s, 3), reused=False, usage=usage)
 
 
-def coco_detections(record: ImageRecord, out: dict[str, np.ndarray], min_score: float) -> list[dict]:
-    """One image's model outputs (TF OD API names, batch of 1) as COCO results."""
-    count = out["num_detections"].reshape(-1)[0] if "num_detections" in out else None
-    return od_api_to_coco(
-        record.id, record.width, record.height,
-        out["detection_boxes"][0], out["detection_scores"][0], out["detection_classes"][0],
-        num_detections=count, min_score=min_score,
-        masks=out["detection_masks"][0] if "detection_masks" in out else None,
-    )
+def coco_detections(record: ImageRecord, found: Detections, min_score: float) -> list[dict]:
+    """One image's detections (a head's, normalised to the original image) as COCO results."""
+    return od_api_to_coco(record.id, record.width, record.height, found.boxes, found.scores, found.classes,
+                          min_score=min_score, masks=found.masks)
 
 
 def keep_dataset_categories(detections: list[dict], label_map: tuple[int, ...] | None, category_ids: tuple[int, ...],

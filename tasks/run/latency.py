@@ -4,6 +4,8 @@ Per-image times taken while shards run in parallel are contaminated by each othe
 a separate step, run after inference, one variant after another. It times ``invoke()`` alone
 (decode, resize and copying the input in are done before the clock starts), after ``warmup``
 untimed invocations, over ``images`` images of the dataset (cycled if the dataset is smaller).
+Then, apart, what turning one image's outputs into detections costs (``postprocess_ms``: reading
+and dequantizing the outputs, the head's decode and NMS), on the same runs' outputs.
 """
 from __future__ import annotations
 
@@ -19,32 +21,45 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.data.dataset import ImageRecord, load_inputs
 from tasks.store.errors import STORE_RETRIES
-from tasks.model.runtimes import local_model_path, open_runtime, prepare_input
+from tasks.model.heads import make_head
+from tasks.model.preprocess import Preparation, prepare_input
+from tasks.model.runtimes import local_model_path, open_runtime
+from tasks.model.spec import ModelSpec, odapi_spec
 
 
 ROUNDS = 5  # the timed runs are split into this many consecutive rounds, each with its own p50
 
 
-def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], threads: int, runs: int, warmup: int = 5) -> dict:
-    """Time ``runs`` invocations over ``inputs`` (RGB uint8 images). Milliseconds.
+def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], threads: int, runs: int, warmup: int = 5,
+                    spec: ModelSpec | None = None) -> dict:
+    """Time ``runs`` invocations over ``inputs`` (RGB uint8 images, prepared as the resolved
+    ``spec`` says; None: the TF OD API head). Milliseconds.
 
     Returns ``{"mean", "p50", "p90", "p99", "min", "max"}`` in ms, ``times_ms`` (every timed run, in
     order), ``p50_rounds`` (the p50 of each
     of up to 5 consecutive rounds of the runs: how much the machine itself drifted while timing),
     ``images_per_s`` (1000/mean: pure compute throughput of one interpreter), ``runs``, ``warmup``,
-    ``threads``, ``runtime``.
+    ``threads``, ``runtime``; ``postprocess_ms`` ``{"mean", "p50", "p90"}``: per image, reading the
+    outputs and the head's decode and NMS, timed after each invocation, outside ``invoke()``'s time.
     """
+    spec = spec or odapi_spec()
     runtime = open_runtime(variant, model_path, threads)
-    batches = [prepare_input(pixels, runtime.fixed_size) for pixels in inputs]
+    head, preparation = make_head(spec, runtime.io), Preparation.of(spec, runtime.io.input, runtime.fixed_size)
+    prepared = [prepare_input(pixels, preparation) for pixels in inputs]
     for n in range(warmup):
-        runtime.set_input(batches[n % len(batches)])
+        runtime.set_input(prepared[n % len(prepared)][0])
         runtime.invoke()
-    times_ms = np.empty(runs)
+        head.decode(runtime.outputs(), prepared[n % len(prepared)][1])
+    times_ms, postprocess_ms = np.empty(runs), np.empty(runs)
     for n in range(runs):
-        runtime.set_input(batches[n % len(batches)])
+        batch, frame = prepared[n % len(prepared)]
+        runtime.set_input(batch)
         started = time.perf_counter()
         runtime.invoke()
-        times_ms[n] = (time.perf_counter() - started) * 1000
+        invoked = time.perf_counter()
+        head.decode(runtime.outputs(), frame)
+        times_ms[n] = (invoked - started) * 1000
+        postprocess_ms[n] = (time.perf_counter() - invoked) * 1000
     mean = float(times_ms.mean())
     return {
         "mean": mean,
@@ -60,6 +75,8 @@ def measure_latency(variant: str, model_path: Path, inputs: list[np.ndarray], th
         "runtime": "tensorflow" if variant == "saved_model" else "ai-edge-litert",
         "delegate": runtime.delegate,
         "input_size": list(runtime.fixed_size) if runtime.fixed_size else "original image size (dynamic input)",
+        "postprocess_ms": {"mean": float(postprocess_ms.mean()), "p50": float(np.percentile(postprocess_ms, 50)),
+                           "p90": float(np.percentile(postprocess_ms, 90))},
     }
 
 
@@ -90,6 +107,7 @@ def host_info() -> dict:
 
 
 @task(name="latency", task_run_name="latency-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
-def latency_task(variant: str, model_url: str, images_url: str, records: list[ImageRecord], threads: int, runs: int) -> dict:
+def latency_task(variant: str, model_url: str, images_url: str, records: list[ImageRecord], threads: int, runs: int,
+                 spec: ModelSpec | None = None) -> dict:
     inputs = load_inputs(images_url, records, min(runs, len(records)))
-    return measure_latency(variant, local_model_path(model_url), inputs, threads, runs)
+    return measure_latency(variant, local_model_path(model_url), inputs, threads, runs, spec=spec)

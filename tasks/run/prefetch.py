@@ -8,7 +8,8 @@ JPEGs) that made the loop 0.81x of a bare ``invoke()`` loop. One thread per shar
 
 The variants' tasks of one shard need the same model inputs (same images, same input size):
 ``SHARED`` keeps prepared inputs in this process, keyed by what decides them (image folder, file
-name, content fingerprint, input size), bounded in bytes (``QUANTBENCH_DECODE_CACHE_MB``, default
+name, content fingerprint, and the model's whole input preparation: size, resize, channel order,
+normalisation, dtype and quantization — :class:`~tasks.model.preprocess.Preparation`), bounded in bytes (``QUANTBENCH_DECODE_CACHE_MB``, default
 384; 0: off), least recently used first out. An image being prepared by one task is waited for
 by the others, not prepared twice. Each task is still charged the CPU its inputs cost (the
 preparing task's measured CPU time), so a variant's CPU and energy per image stay what it costs
@@ -33,7 +34,7 @@ import numpy as np
 
 from tasks.data.dataset import ImageReader, ImageRecord, decode_rgb
 from tasks.store.errors import IMAGE_FAILURES
-from tasks.model.runtimes import prepare_input
+from tasks.model.preprocess import Frame, Preparation, prepare_input
 
 MB = 1_000_000
 _END = object()
@@ -41,13 +42,15 @@ _END = object()
 
 @dataclass(frozen=True)
 class Prepared:
-    """One image of a shard: ``batch`` (uint8 ``[1, h, w, 3]``, RGB, read-only) or ``failure``
-    (why not); ``cpu_s``: CPU seconds its read, decode and resize took where it was prepared."""
+    """One image of a shard: ``batch`` (the model's input ``[1, ...]``, read-only) and its ``frame``
+    (where the image lies in it), or ``failure`` (why not); ``cpu_s``: CPU seconds its read,
+    decode and preparation took where it was prepared."""
 
     record: ImageRecord
     batch: np.ndarray | None
     failure: str | None
     cpu_s: float = 0.0
+    frame: Frame | None = None
 
 
 class _Pending:
@@ -116,25 +119,25 @@ class SharedInputs:
 SHARED = SharedInputs(int(float(os.environ.get("QUANTBENCH_DECODE_CACHE_MB", "384")) * MB))
 
 
-def prepare(reader: ImageReader, record: ImageRecord, fixed_size: tuple[int, int] | None) -> Prepared:
-    """Read, decode and resize one image in this thread."""
+def prepare(reader: ImageReader, record: ImageRecord, preparation: Preparation) -> Prepared:
+    """Read, decode and prepare one image in this thread."""
     started = time.thread_time()
     try:
-        batch = prepare_input(decode_rgb(reader.read(record)), fixed_size)
+        batch, frame = prepare_input(decode_rgb(reader.read(record)), preparation)
     except IMAGE_FAILURES as error:
         return Prepared(record, None, str(error), time.thread_time() - started)
     batch.flags.writeable = False  # shared between tasks: nobody may change it
-    return Prepared(record, batch, None, time.thread_time() - started)
+    return Prepared(record, batch, None, time.thread_time() - started, frame)
 
 
-def shared_prepare(reader: ImageReader, record: ImageRecord, fixed_size: tuple[int, int] | None,
+def shared_prepare(reader: ImageReader, record: ImageRecord, preparation: Preparation,
                    shared: SharedInputs = SHARED) -> tuple[Prepared, bool]:
     """:func:`prepare` through ``shared``: (the input, whether it came from another task)."""
-    key = (reader.url, record.file_name, record.fingerprint, fixed_size) if record.fingerprint.startswith(("sha256:", "etag:")) else None
-    return shared.get(key, lambda: prepare(reader, record, fixed_size))
+    key = (reader.url, record.file_name, record.fingerprint, preparation) if record.fingerprint.startswith(("sha256:", "etag:")) else None
+    return shared.get(key, lambda: prepare(reader, record, preparation))
 
 
-def prepared_images(reader: ImageReader, records: list[ImageRecord], fixed_size: tuple[int, int] | None,
+def prepared_images(reader: ImageReader, records: list[ImageRecord], preparation: Preparation,
                     depth: int = 2, on_cpu: Callable[[float], None] | None = None,
                     shared: SharedInputs = SHARED) -> Iterator[Prepared]:
     """Yield every record's :class:`Prepared`, in order, preparing up to ``depth`` ahead in a thread.
@@ -147,7 +150,7 @@ def prepared_images(reader: ImageReader, records: list[ImageRecord], fixed_size:
     charge = on_cpu or (lambda seconds: None)
 
     def one(record: ImageRecord) -> Prepared:
-        prepared, from_another_task = shared_prepare(reader, record, fixed_size, shared)
+        prepared, from_another_task = shared_prepare(reader, record, preparation, shared)
         if from_another_task:
             charge(prepared.cpu_s)
         return prepared
