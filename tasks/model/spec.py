@@ -191,8 +191,8 @@ def _shown(value) -> str:
     return str(value)
 
 
-def load_spec_file(path: str | Path, head: str | None = None) -> ModelSpec:
-    """A :class:`ModelSpec` from a YAML (or JSON) file; ``head`` (``--head``) overrides its head.
+def load_spec_file(path: str | Path) -> ModelSpec:
+    """A :class:`ModelSpec` from a YAML (or JSON) file.
 
     A file that does not parse, an unknown key or a wrong type is one :class:`QuantbenchError`
     line naming the file, the field and what is wrong."""
@@ -210,8 +210,6 @@ def load_spec_file(path: str | Path, head: str | None = None) -> ModelSpec:
         document = {}
     if not isinstance(document, dict):
         raise QuantbenchError(f"spec file {path} must hold a mapping (head, input, postprocess), not a {type(document).__name__}")
-    if head is not None:
-        document = {**document, "head": head}
     return parse_spec(document, f"spec file {path}")
 
 
