@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tasks.store.errors import IMAGE_FAILURES, ImageDecodeError, QuantbenchError
+from tasks.store.errors import IMAGE_FAILURES, ImageDecodeError, QuantbenchError, UnsafeKeyError
 from tasks.store.object_store import open_store, split_url
 
 MISSING = "missing"  # the fingerprint of an image file that does not exist
@@ -87,12 +87,28 @@ def load_dataset(annotations: str, images: str, limit: int | None = None) -> Dat
         raise QuantbenchError(f"{annotations} lists no images")
     images_url = images if "://" in images else str(Path(images).resolve())
     annotations_url = annotations if "://" in annotations else str(Path(annotations).resolve())
-    found = open_store(images_url).fingerprints([r.file_name for r in chosen])
+    image_store = open_store(images_url)
+    outside = [r for r in records if not _inside(image_store, r.file_name)]
+    if outside:
+        first = outside[0]
+        raise QuantbenchError(
+            f"{annotations} names {len(outside)} image file(s) outside the images folder {images} (first: image {first.id} "
+            f"file_name {first.file_name!r}); a file_name must be a relative path inside the folder: fix the annotations")
+    found = image_store.fingerprints([r.file_name for r in chosen])
     chosen = tuple(replace(r, fingerprint=found.get(r.file_name, MISSING)) for r in chosen)
     annotations_digest = hashlib.sha256(raw + json.dumps([r.id for r in chosen]).encode()).hexdigest()
     digest = hashlib.sha256(annotations_digest.encode() + json.dumps([r.fingerprint for r in chosen]).encode()).hexdigest()
     return Dataset(annotations_url, images_url, annotations_digest, digest, chosen, category_ids,
                    instances_per_category(document, {r.id for r in chosen}))
+
+
+def _inside(store, file_name: str) -> bool:
+    """Whether ``file_name`` names an object inside ``store`` (checked without reading it)."""
+    try:
+        store.containment(file_name)
+    except UnsafeKeyError:
+        return False
+    return True
 
 
 def instances_per_category(document: dict, image_ids: set[int]) -> dict[str, int]:

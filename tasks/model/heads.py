@@ -225,7 +225,7 @@ class SsdPostprocessHead(Head):
             return self.roles
         by_rank = {name: np.asarray(value) for name, value in outputs.items()}
         boxes = next(n for n, v in by_rank.items() if v.ndim == 3 and v.shape[-1] == 4)
-        count = next(n for n, v in by_rank.items() if v.size == 1)
+        count = next(n for n, v in by_rank.items() if v.ndim <= 1)  # [1]; classes and scores are [1, N]
         pair = [n for n in by_rank if n not in (boxes, count)]
         total = int(by_rank[count].reshape(-1)[0])
 

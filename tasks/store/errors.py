@@ -15,6 +15,11 @@ class NotFoundError(QuantbenchError):
     """The object or file does not exist (a store answered so): for an image, a per-image failure."""
 
 
+class UnsafeKeyError(QuantbenchError):
+    """A key that would reach outside its store: absolute, with a ``..`` part, or (local stores)
+    resolving outside the store's folder through a symbolic link. Never read, never written."""
+
+
 class ImageDecodeError(QuantbenchError):
     """An image's bytes are not a decodable image (empty, truncated, corrupt, unknown format)."""
 

@@ -12,6 +12,11 @@ URLs: a local store's URLs are proper ``file://`` URIs (spaces and non-ASCII cha
 percent-encoded, decoded again by :func:`open_store` and :func:`split_url`); S3 URLs carry keys
 verbatim, as the AWS CLI writes them.
 
+Containment: a key names an object *inside* the store. One that is absolute, has a ``..`` part,
+or (local stores) resolves outside the store's folder through a symbolic link raises
+:class:`UnsafeKeyError` before anything is read or written — keys come from untrusted input too
+(an annotations file's ``file_name``), and must not reach the worker's other files.
+
 Errors: a missing object raises :class:`NotFoundError`; what may pass by itself (endpoint
 unreachable, timeouts, 5xx, throttling) raises :class:`TransientError`, which tasks retry; anything
 else (no such bucket, access denied, no credentials) a plain :class:`QuantbenchError`.
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
-from tasks.store.errors import NotFoundError, QuantbenchError, TransientError
+from tasks.store.errors import NotFoundError, QuantbenchError, TransientError, UnsafeKeyError
 
 MULTIPART_BYTES = 8 * 1024 * 1024  # objects above this are uploaded in parts of this size
 
@@ -56,6 +61,10 @@ class Store(ABC):
     """Bytes under keys, below a root URL."""
 
     url: str
+
+    def containment(self, key: str) -> None:
+        """Raise UnsafeKeyError unless ``key`` names an object inside this store (nothing is read)."""
+        check_key(key)
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> str:
@@ -102,6 +111,13 @@ class Store(ABC):
         return json.loads(self.read_bytes(key))
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a relative, ``/``-separated path without ``..`` parts; else UnsafeKeyError."""
+    if key.startswith("/") or ".." in key.split("/") or "\0" in key:
+        raise UnsafeKeyError(f"{key!r} is not a path inside the store (absolute, or with a '..' part)")
+    return key
+
+
 class LocalStore(Store):
     """A folder on the local file system."""
 
@@ -109,8 +125,14 @@ class LocalStore(Store):
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
 
+    def containment(self, key: str) -> None:
+        self._path(key)
+
     def _path(self, key: str) -> Path:
-        return self.root / key
+        path = self.root / check_key(key)
+        if not path.resolve().is_relative_to(self.root):
+            raise UnsafeKeyError(f"{key!r} resolves outside the store {self.root} (a symbolic link out of it)")
+        return path
 
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{quote(key)}"
@@ -282,7 +304,7 @@ class S3Store(Store):
             self._probe.delete_object(Bucket=self.bucket, Key=probe)
 
     def local_path(self, key: str, cache_dir: Path) -> Path:
-        target = Path(cache_dir) / "s3" / self.bucket / self._key(key)
+        target = Path(cache_dir) / "s3" / self.bucket / self._key(check_key(key))
         if not target.is_file():
             data = self.read_bytes(key)
             target.parent.mkdir(parents=True, exist_ok=True)
