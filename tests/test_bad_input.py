@@ -203,7 +203,7 @@ def test_missing_and_corrupt_images_are_recorded_and_the_run_goes_on(prefect_bac
     first, second = sorted(document["images"], key=lambda i: i["id"])[:2]
     (images / first["file_name"]).unlink()
     jpeg = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(jpeg, "JPEG")
+    Image.new("RGB", (second["width"], second["height"]), "red").save(jpeg, "JPEG")  # the annotation's size: only truncated
     (images / second["file_name"]).write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])  # truncated
     config = BenchmarkConfig(
         model=str(oracle_models["dynamic"]), annotations=str(oracle_data), images=str(images),

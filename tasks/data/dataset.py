@@ -135,22 +135,32 @@ def read_annotations(annotations_url: str) -> dict:
     return json.loads(_read_annotations(annotations_url))
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
+IMAGE_FORMATS = ("JPEG", "PNG")  # what COCO (JPEG) and the embedded demo (PNG) use; no other Pillow plugin is reached
+
+
+def decode_rgb(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode JPEG/PNG bytes (any mode: grayscale, CMYK, palette, alpha) to uint8 RGB ``[H, W, 3]``.
 
     EXIF orientation is not applied: COCO boxes refer to the stored pixel grid, as in the
     TF Object Detection API's decoder. Alpha is dropped (colour channels kept as stored).
-    Raises ImageDecodeError with a readable reason (``empty file``, ``not an image …``,
-    the decoder's own message for truncated or corrupt files).
+    ``size`` (width, height), the annotation's, is checked against the file's header before the
+    pixels are decoded, so a small file that would decode to a huge image is refused at the cost
+    of its header. Only :data:`IMAGE_FORMATS` are opened.
+    Raises ImageDecodeError with a readable reason (``empty file``, ``not an image in a format quantbench reads …``,
+    ``image is W x H pixels, its annotation says …``, the decoder's own message for truncated or
+    corrupt files).
     """
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            if size is not None and image.size != tuple(size):
+                raise ImageDecodeError(f"image is {image.size[0]}x{image.size[1]} pixels, its annotation says {size[0]}x{size[1]}")
             image.load()  # decode now, so a truncated or corrupt file fails here
             return np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"not an image in a format Pillow reads ({len(data)} bytes starting {data[:8]!r})") from None
+        raise ImageDecodeError(f"not an image in a format quantbench reads ({', '.join(IMAGE_FORMATS)}; "
+                               f"{len(data)} bytes starting {data[:8]!r})") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"{type(error).__name__}: {error}") from None
 
@@ -206,7 +216,7 @@ def load_inputs(images_url: str, records: list[ImageRecord], count: int) -> list
         if len(inputs) == count:
             break
         try:
-            inputs.append(decode_rgb(reader.read(record)))
+            inputs.append(decode_rgb(reader.read(record), (record.width, record.height)))
         except IMAGE_FAILURES as error:
             failures.append(f"image {record.id} {record.file_name}: {error}")
     if not inputs:

@@ -123,7 +123,7 @@ def prepare(reader: ImageReader, record: ImageRecord, preparation: Preparation) 
     """Read, decode and prepare one image in this thread."""
     started = time.thread_time()
     try:
-        batch, frame = prepare_input(decode_rgb(reader.read(record)), preparation)
+        batch, frame = prepare_input(decode_rgb(reader.read(record), (record.width, record.height)), preparation)
     except IMAGE_FAILURES as error:
         return Prepared(record, None, str(error), time.thread_time() - started)
     batch.flags.writeable = False  # shared between tasks: nobody may change it
