@@ -277,6 +277,9 @@ def _results(args: argparse.Namespace) -> int:
     from tasks.publish import results
     from tasks.store.object_store import open_store
 
+    def show(text: str, **options) -> None:  # what the store holds is shown, never acted on by the terminal
+        print(results.terminal_text(str(text)), **options)
+
     try:
         if args.store is None:
             from flows.benchmark import default_store
@@ -284,26 +287,26 @@ def _results(args: argparse.Namespace) -> int:
             args.store = default_store()
         store = open_store(args.store)
         if args.action == "list":
-            print(results.list_text(store))
+            show(results.list_text(store))
             return 0
         if args.action == "history":
             from tasks.publish.history import history_table_text, read_history
 
             frame = read_history(store, args.model, args.variant)
-            print(frame.to_csv(index=False).rstrip("\n") if args.csv else history_table_text(frame, store.url_for("history")))
+            show(frame.to_csv(index=False).rstrip("\n") if args.csv else history_table_text(frame, store.url_for("history")))
             return 0
         run_id = results.resolve_run(store, args.run)
         if args.action == "show" and args.html:
-            print(f"wrote {results.write_html(store, run_id, Path(args.html))}")
+            show(f"wrote {results.write_html(store, run_id, Path(args.html))}")
             return 0
         if args.action == "show":
-            print(results.report_json_text(store, run_id) if args.json else results.show_text(store, run_id))
+            show(results.report_json_text(store, run_id) if args.json else results.show_text(store, run_id))
             return 0
-        written = results.fetch_run(store, run_id, Path(args.dest), lambda path, size: print(f"wrote {path} ({size:,} bytes)"))
+        written = results.fetch_run(store, run_id, Path(args.dest), lambda path, size: show(f"wrote {path} ({size:,} bytes)"))
     except QuantbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        show(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"fetched run {run_id} from {store.url} into {Path(args.dest).resolve()}: {len(written)} files")
+    show(f"fetched run {run_id} from {store.url} into {Path(args.dest).resolve()}: {len(written)} files")
     return 0
 
 

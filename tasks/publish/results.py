@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,16 @@ class RunSummary:
     @property
     def complete(self) -> bool:
         return self.report is not None
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (ANSI escape sequences, bells,
+    carriage returns, …) that stored strings may carry are shown as ``\\xNN`` instead of acting;
+    newlines and tabs stay."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def run_prefix(run_id: str) -> str:
