@@ -151,14 +151,13 @@ class Head:
     def __init__(self, spec: ModelSpec, io: ModelIO):
         self.spec, self.io = spec, io
         self.post = spec.postprocess
-        self.input_size = io.input_size
 
     def decode(self, outputs: dict[str, np.ndarray], frame: Frame) -> Detections:
         raise NotImplementedError
 
     def _input_size(self, frame: Frame) -> tuple[int, int]:
         """(height, width) of the input this image was fed at (a dynamic input: its own size)."""
-        return self.input_size or (frame.source_height, frame.source_width)
+        return self.io.input_size or (frame.source_height, frame.source_width)
 
     def _normalised_to_source(self, boxes: np.ndarray, frame: Frame) -> np.ndarray:
         """Normalised yxyx of the input → normalised yxyx of the original image."""

@@ -171,10 +171,9 @@ def heads_text() -> str:
     lines = []
     for head in HEADS:
         defaults = HEAD_DEFAULTS[head]
-        given = {k: v for k, v in defaults["input"].items()}
         post = {k: v for k, v in defaults["postprocess"].items() if v not in (None, ())}
         lines += [f"{head}: {reads[head]}",
-                  "  input: " + ", ".join(f"{k} {_shown(v)}" for k, v in given.items()),
+                  "  input: " + ", ".join(f"{k} {_shown(v)}" for k, v in defaults["input"].items()),
                   "  postprocess: " + ", ".join(f"{k} {_shown(v)}" for k, v in post.items()),
                   f"  defaults from: {defaults['source']}"]
     lines.append("auto (the default): odapi by output names, ssd_postprocess by its op or outputs, yolov8 by Ultralytics "
