@@ -15,7 +15,7 @@ import pytest
 from tasks.store.errors import QuantbenchError
 from tasks.model.conversion import convert
 from tasks.model.variants import directory_digest
-from tasks.model.sources import resolve_model
+from tasks.model.sources import PinMismatch, resolve_model
 from tasks.store.object_store import open_store
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset
 
@@ -118,10 +118,10 @@ def test_tarball_url_is_downloaded_once(model, tmp_path, web):
     zoo_tarball(model, root / "ssd_oracle.tar.gz")
     url = f"{base}/ssd_oracle.tar.gz"
     cache = tmp_path / "cache"
-    first = resolve_model(url, cache)
+    first = resolve_model(url, cache, directory_digest(model))  # plain http: pinned
     assert first.source == url and first.kind == "saved_model" and first.digest == directory_digest(model)
     assert first.path.is_relative_to(cache / "models" / "tar")
-    assert resolve_model(url, cache) == first
+    assert resolve_model(url, cache, directory_digest(model)) == first
     assert requested == ["/ssd_oracle.tar.gz"]
     assert [p.name for p in (cache / "models" / "downloads").iterdir()] == [
         f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.tar.gz"
@@ -132,9 +132,80 @@ def test_missing_tarball_url_is_a_clear_error_and_caches_nothing(tmp_path, web):
     base, requested, _ = web
     url = f"{base}/absent.tgz?token=secret-value"
     with pytest.raises(QuantbenchError, match=re.escape(f"cannot download {base}/absent.tgz: HTTPError: HTTP Error 404")) as raised:
-        resolve_model(url, tmp_path / "cache")
+        resolve_model(url, tmp_path / "cache", "0" * 64)
     assert "secret-value" not in str(raised.value)
     assert list((tmp_path / "cache" / "models" / "downloads").iterdir()) == []
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def test_plain_http_without_a_pin_is_refused_before_any_request(tmp_path, web):
+    base, requested, _ = web
+    with pytest.raises(QuantbenchError, match=re.escape(
+            f"model source {base}/m.tar.gz is plain http: pass --model-sha256 to pin it (or use https)")):
+        resolve_model(f"{base}/m.tar.gz?key=secret", tmp_path / "cache")
+    assert requested == [] and _files(tmp_path / "cache") == []
+
+
+def test_a_download_that_is_not_the_pinned_model_is_not_cached(model, tmp_path, web):
+    base, requested, root = web
+    zoo_tarball(model, root / "ssd_oracle.tar.gz")
+    url, cache, right, wrong = f"{base}/ssd_oracle.tar.gz", tmp_path / "cache", directory_digest(model), "ab" * 32
+    with pytest.raises(PinMismatch, match=re.escape(f"model {url} does not match --model-sha256: expected {wrong}, got {right};")):
+        resolve_model(url, cache, wrong)
+    assert _files(cache) == []  # neither the download nor its extraction
+    assert resolve_model(url, cache, right).digest == right
+    assert len(_files(cache / "models" / "downloads")) == 1
+    with pytest.raises(PinMismatch):  # a cached copy that does not match is deleted: the next run fetches afresh
+        resolve_model(url, cache, wrong)
+    assert _files(cache / "models" / "downloads") == []
+    assert resolve_model(url, cache, right).digest == right
+    assert requested == ["/ssd_oracle.tar.gz"] * 3
+
+
+def test_a_local_model_that_is_not_the_pinned_one_is_refused_and_kept(model, tflite_bytes, tmp_path):
+    file = tmp_path / "model.tflite"
+    file.write_bytes(tflite_bytes)
+    for source, digest in ((model, directory_digest(model)), (file, hashlib.sha256(tflite_bytes).hexdigest())):
+        assert resolve_model(str(source), tmp_path / "cache", digest).digest == digest
+        with pytest.raises(PinMismatch, match=re.escape(f"model {source} does not match --model-sha256: expected {'0' * 64}, got {digest};")):
+            resolve_model(str(source), tmp_path / "cache", "0" * 64)
+        assert source.exists()
+
+
+def test_a_download_over_the_cap_is_stopped_and_removed(model, tmp_path, web, monkeypatch):
+    base, _, root = web
+    size = zoo_tarball(model, root / "ssd_oracle.tar.gz").stat().st_size
+    url, cache, pin = f"{base}/ssd_oracle.tar.gz", tmp_path / "cache", directory_digest(model)
+    monkeypatch.setenv("QUANTBENCH_MAX_DOWNLOAD_BYTES", str(size - 1))
+    with pytest.raises(QuantbenchError, match=re.escape(
+            f"download of {url} is over {size - 1:,} bytes, the cap QUANTBENCH_MAX_DOWNLOAD_BYTES sets: nothing was kept")):
+        resolve_model(url, cache, pin)
+    assert _files(cache) == []
+    monkeypatch.setenv("QUANTBENCH_MAX_DOWNLOAD_BYTES", str(size))
+    assert resolve_model(url, cache, pin).digest == pin
+
+
+def test_a_tarball_that_extracts_over_the_cap_is_refused_before_extraction(model, tmp_path, monkeypatch):
+    archive = zoo_tarball(model, tmp_path / "ssd_oracle.tar.gz")
+    with tarfile.open(archive) as tar:
+        size = sum(member.size for member in tar.getmembers() if member.isreg())
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QUANTBENCH_MAX_EXTRACT_BYTES", str(size - 1))
+    with pytest.raises(QuantbenchError, match=re.escape(
+            f"{archive} would extract to {size:,} bytes, over the cap QUANTBENCH_MAX_EXTRACT_BYTES sets ({size - 1:,}): nothing was extracted")):
+        resolve_model(str(archive), cache)
+    assert _files(cache) == [] and list((cache / "models" / "tar").iterdir()) == []
+    monkeypatch.setenv("QUANTBENCH_MAX_EXTRACT_BYTES", str(size))
+    assert resolve_model(str(archive), cache).digest == directory_digest(model)
+
+
+def test_a_cap_that_is_not_a_number_of_bytes_is_named(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTBENCH_MAX_EXTRACT_BYTES", "8G")
+    with pytest.raises(QuantbenchError, match=re.escape("QUANTBENCH_MAX_EXTRACT_BYTES='8G' is not a whole number of bytes: set it to e.g. 8589934592 or unset it")):
+        resolve_model(str(zoo_tarball(model, tmp_path / "m.tgz")), tmp_path / "cache")
 
 
 def test_tarball_member_cannot_escape_the_cache(tmp_path):
@@ -176,6 +247,18 @@ def test_s3_saved_model_prefix_and_tflite_object(s3_env, model, tflite_bytes, tm
     tflite = resolve_model("s3://quantbench/models/x.tflite", cache)
     assert tflite.kind == "tflite" and tflite.path.read_bytes() == tflite_bytes
     assert tflite.digest == hashlib.sha256(tflite_bytes).hexdigest()
+
+
+def test_s3_saved_model_that_is_not_the_pinned_one_is_not_cached(s3_env, model, tmp_path):
+    store = open_store("s3://quantbench/models/pinned")
+    for file in (p for p in model.rglob("*") if p.is_file()):
+        store.write_bytes(file.relative_to(model).as_posix(), file.read_bytes())
+    cache = tmp_path / "cache"
+    with pytest.raises(PinMismatch, match=re.escape(f"expected {'1' * 64}, got {directory_digest(model)};")):
+        resolve_model("s3://quantbench/models/pinned", cache, "1" * 64)
+    assert _files(cache) == []
+    resolved = resolve_model("s3://quantbench/models/pinned", cache, directory_digest(model))
+    assert resolved.path == cache / "models" / "s3" / hashlib.sha256(b"s3://quantbench/models/pinned").hexdigest()[:16]
 
 
 def test_s3_prefix_without_a_saved_model_caches_nothing(s3_env, tmp_path):
