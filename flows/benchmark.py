@@ -16,7 +16,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tasks.data.dataset import load_dataset, make_shards
 from tasks.model.calibration import calibration_files, calibration_task, comparison_inputs
@@ -44,8 +44,10 @@ from tasks.store.object_store import cache_dir, open_store
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 
 
-# Settings that decide where and how a run executes, never what it computes: left out of the run's identity.
-EXECUTION_SETTINGS = frozenset({"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s"})
+# Settings that decide where and how a run executes, or only check its input (the model's pin: the
+# model digest is in the identity already), never what it computes: left out of the run's identity.
+EXECUTION_SETTINGS = frozenset({"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s",
+                                "model_sha256"})
 
 
 def default_store() -> str:
@@ -57,6 +59,7 @@ class BenchmarkConfig(BaseModel):
     """What to benchmark and how. Empty model/dataset fields mean the embedded demo."""
 
     model: str | None = Field(None, title="Model", description="The detector: a SavedModel directory (TF OD API 'serving_default' signature), a float .tflite, a zoo .tar.gz (path or URL), s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle. Empty: the embedded demo detector.")
+    model_sha256: str = Field("", title="Model SHA-256 pin", description="The model's expected digest (64 hex digits: report.json's model.digest, or what 'quantbench digest --model X' prints). The model is checked against it right after it is fetched, before it is cached, loaded or converted; a mismatch stops the run. Empty: not pinned (then a plain http:// model is refused).")
     annotations: str | None = Field(None, title="Annotations (COCO JSON)", description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
     images: str | None = Field(None, title="Images folder", description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
     variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32; given (an already quantized .tflite as it is). The default four mean, for a .tflite model: float32, weight_only_wf16_afp32 and dynamic_wi8_afp32 (a float one) or given (an already quantized one).")
@@ -90,6 +93,13 @@ class BenchmarkConfig(BaseModel):
         """The settings that decide the results (all but :data:`EXECUTION_SETTINGS`)."""
         return self.model_dump(exclude=set(EXECUTION_SETTINGS))
 
+    @field_validator("model_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str) -> str:
+        if value and not (len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)):
+            raise ValueError(f"{value!r} is not a SHA-256 digest: give 64 hex digits, as 'quantbench digest --model X' prints them")
+        return value.lower()
+
     @model_validator(mode="after")
     def _dataset_given_whole(self) -> "BenchmarkConfig":
         if (self.annotations is None) != (self.images is None):
@@ -98,10 +108,11 @@ class BenchmarkConfig(BaseModel):
 
 
 def resolve_inputs(config: BenchmarkConfig) -> tuple[ResolvedModel, str, str, str | None]:
-    """(model, annotations, images, calibration images), generating the demo data when none is given."""
+    """(model, annotations, images, calibration images), generating the demo data when none is given.
+    The model is checked against ``model_sha256`` here, before anything loads it."""
     from demo import DEMO_MODEL_DIR, synthetic
 
-    model = resolve_model(config.model or str(DEMO_MODEL_DIR), cache_dir())
+    model = resolve_model(config.model or str(DEMO_MODEL_DIR), cache_dir(), config.model_sha256)
     if config.annotations is None:
         annotations = synthetic.generate(cache_dir() / "demo-data", synthetic.VAL)
         calibration = config.calibration_images or str(synthetic.generate(cache_dir() / "demo-data", synthetic.CALIBRATION).parent)

@@ -2,7 +2,8 @@
 ``quantbench alerts install --webhook-url URL`` sets up regression notifications on the Prefect server;
 ``quantbench crash-detection install`` the automation that finds dead shard workers in minutes.
 ``quantbench results list|show|fetch|history`` browses the runs in a store (``tasks.publish.results``,
-``tasks.publish.history``).
+``tasks.publish.history``). ``quantbench digest --model X`` prints a model's digest, the value
+``run --model-sha256`` pins it to.
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2; any other failure (an
 outage that outlasted the retries, a bug) with one ``error: …`` line and exit status 1. Python
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="benchmark a detector's variants on a COCO dataset (default: the embedded demo)")
     run.add_argument("--model", help="SavedModel dir (TF OD API signature), float .tflite, zoo .tar.gz (path or URL), "
                      "s3://bucket/prefix, kaggle:OWNER/MODEL/FRAMEWORK/VARIATION/VERSION or a tfhub.dev handle")
+    run.add_argument("--model-sha256", metavar="HEX", help="pin the model: its digest ('quantbench digest --model X', report.json's "
+                     "model.digest) must be this, checked before the model is cached, loaded or converted; required for an http:// model")
     run.add_argument("--annotations", help="COCO instances JSON (path or s3:// URL)")
     run.add_argument("--images", help="image folder (path or s3:// prefix)")
     run.add_argument("--variants", nargs="+", choices=VARIANTS, help=f"default: {' '.join(DEFAULT_VARIANTS)}")
@@ -65,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
     run.add_argument("--quiet", action="store_true", help="no progress and no Prefect log lines: only the table and the result lines")
     commands.add_parser("heads", help="list the model heads: the detectors each reads, their input conventions and postprocessing defaults")
+    digest = commands.add_parser("digest", help="fetch a model as run does and print its SHA-256 digest (the value for --model-sha256), "
+                                 "without loading it")
+    digest.add_argument("--model", required=True, help="any --model source of run")
     _results_parser(commands)
     alerts = commands.add_parser("alerts", help="regression alerts through the Prefect server in PREFECT_API_URL")
     alert_actions = alerts.add_subparsers(dest="action", required=True)
@@ -111,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "heads":
         print(heads_text())
         return 0
+    if args.command == "digest":
+        return _digest(args.model)
     if args.quiet:
         with _native_chatter_off_the_terminal():
             return _run(args)
@@ -154,6 +162,20 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(args, f"{type(error).__name__}: {error}", 1)
     logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
     _print_published(url)
+    return 0
+
+
+def _digest(source: str) -> int:
+    """``quantbench digest --model X``: the model's digest and where it came from, as run resolves it (nothing loaded)."""
+    from tasks.model.sources import resolve_model
+    from tasks.store.object_store import cache_dir
+
+    try:
+        model = resolve_model(source, cache_dir())
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{model.digest}  {model.kind} {model.path}")
     return 0
 
 
