@@ -4,10 +4,12 @@ import hashlib
 import io
 import re
 import shutil
+import ssl
+import subprocess
 import tarfile
 import threading
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,40 @@ def web(tmp_path):
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", requested, root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def https_redirect(tmp_path, monkeypatch, web):
+    """An HTTPS server on 127.0.0.1 (its own certificate, trusted through SSL_CERT_FILE) that
+    redirects every path to the same path on the plain-http ``web`` server; yields its base URL."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    http_base = web[0]
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", http_base + self.path)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
@@ -147,6 +183,18 @@ def test_plain_http_without_a_pin_is_refused_before_any_request(tmp_path, web):
             f"model source {base}/m.tar.gz is plain http: pass --model-sha256 to pin it (or use https)")):
         resolve_model(f"{base}/m.tar.gz?key=secret", tmp_path / "cache")
     assert requested == [] and _files(tmp_path / "cache") == []
+
+
+def test_an_unpinned_https_download_does_not_follow_a_redirect_to_plain_http(model, tmp_path, web, https_redirect):
+    http_base, requested, root = web
+    zoo_tarball(model, root / "ssd_oracle.tar.gz")
+    url, cache = f"{https_redirect}/ssd_oracle.tar.gz", tmp_path / "cache"
+    with pytest.raises(QuantbenchError, match=re.escape(
+            f"{url} redirects to plain http ({http_base}/ssd_oracle.tar.gz): pass --model-sha256 to pin the model")):
+        resolve_model(url, cache)
+    assert requested == [] and _files(cache) == []
+    assert resolve_model(url, cache, directory_digest(model)).digest == directory_digest(model)  # pinned: http is fine
+    assert requested == ["/ssd_oracle.tar.gz"]
 
 
 def test_a_download_that_is_not_the_pinned_model_is_not_cached(model, tmp_path, web):

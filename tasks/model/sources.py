@@ -34,7 +34,8 @@ expects (``ResolvedModel.digest``, as report.json's ``model.digest`` and ``quant
 show it), before returning it: nothing downstream loads a model that does not match. A fresh
 download or extraction is checked before it is renamed into the cache, so a mismatching one is
 never cached; a cached copy that mismatches (fetched earlier unpinned, or changed since) is
-deleted, so the next run fetches afresh. A plain ``http://`` source must be pinned.
+deleted, so the next run fetches afresh. A plain ``http://`` source must be pinned, and an
+unpinned ``https://`` download does not follow a redirect to plain ``http://``.
 
 **Size caps.** A download stops past ``QUANTBENCH_MAX_DOWNLOAD_BYTES`` (default 4 GiB) and a
 tarball whose regular files add up to more than ``QUANTBENCH_MAX_EXTRACT_BYTES`` (default 8 GiB)
@@ -157,7 +158,7 @@ def _from_tarball_url(source: str, cache: Path, pin: str) -> ResolvedModel:
         with _deleted_on_mismatch(archive):
             return _from_tarball(source, archive, cache, pin)
     with _partial_file(archive) as partial:
-        _download(source, partial)
+        _download(source, partial, pinned=bool(pin))
         return _from_tarball(source, partial, cache, pin)
 
 
@@ -184,7 +185,7 @@ def _from_hub(source: str, cache: Path, pin: str) -> ResolvedModel:
     with tempfile.TemporaryDirectory(dir=module_dir.parent, prefix=f".{module_dir.name}.") as download, \
             _partial_dir(module_dir) as partial:
         archive = Path(download) / "module.tar.gz"
-        _download(f"{source}{'&' if '?' in source else '?'}tf-hub-format=compressed", archive)
+        _download(f"{source}{'&' if '?' in source else '?'}tf-hub-format=compressed", archive, pinned=bool(pin))
         _extract(source, archive, partial)
         resolved = _saved_model(source, partial, pin)
     return _moved(resolved, partial, module_dir)
@@ -253,12 +254,23 @@ def _require_saved_model(source: str, folder: Path) -> Path:
     )
 
 
-def _download(url: str, file: Path) -> None:
+class _NoPlainHttpRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, except from ``https://`` to plain ``http://``."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if req.full_url.startswith("https://") and newurl.startswith("http://"):
+            raise QuantbenchError(f"{shown(req.full_url)} redirects to plain http ({shown(newurl)}): "
+                                  "pass --model-sha256 to pin the model before it is fetched over http")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download(url: str, file: Path, pinned: bool) -> None:
     """Stream ``url`` into ``file`` (a temporary one: the caller removes it on failure), at most
-    :data:`DOWNLOAD_CAP` bytes."""
+    :data:`DOWNLOAD_CAP` bytes. Unless the model is ``pinned``, an https URL is never followed to http."""
     cap = _cap(DOWNLOAD_CAP)
+    opener = urllib.request.build_opener() if pinned else urllib.request.build_opener(_NoPlainHttpRedirect)
     try:
-        with file.open("wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with file.open("wb") as out, opener.open(url, timeout=60) as response:
             written = 0
             while block := response.read(CHUNK):
                 written += len(block)
