@@ -1,5 +1,6 @@
 """Command line: ``quantbench run [options]``; with no options it benchmarks the embedded demo.
-``quantbench alerts install --webhook-url URL`` sets up regression notifications on the Prefect server;
+``quantbench alerts install`` sets up regression notifications on the Prefect server (the webhook URL
+from ``$QUANTBENCH_WEBHOOK_URL``, or from stdin with ``--webhook-url -``: never from the arguments);
 ``quantbench crash-detection install`` the automation that finds dead shard workers in minutes.
 ``quantbench results list|show|fetch|history`` browses the runs in a store (``tasks.publish.results``,
 ``tasks.publish.history``). ``quantbench digest --model X`` prints a model's digest, the value
@@ -30,6 +31,8 @@ from tasks.store.errors import QuantbenchError, TransientError
 from tasks.score.evaluation import EVAL_BACKENDS
 from tasks.model.spec import HEADS, ModelSpec, heads_text, load_spec_file, parse_spec
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS
+
+WEBHOOK_URL_ENV = "QUANTBENCH_WEBHOOK_URL"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     alert_actions = alerts.add_subparsers(dest="action", required=True)
     install = alert_actions.add_parser("install", help="create the webhook block and the regression automation "
                                        "(deployments/automations/regression-alert.yaml); rerunning replaces both")
-    install.add_argument("--webhook-url", required=True, help="where each regression notification is POSTed (JSON subject and body)")
+    install.add_argument("--webhook-url", metavar="-", help="'-': read the URL where each regression notification is POSTed "
+                         f"(JSON subject and body) from stdin's first line; default: ${WEBHOOK_URL_ENV}. Never the URL itself "
+                         "(the arguments are visible in ps and the shell history)")
     crash = commands.add_parser("crash-detection", help="dead-worker detection through the Prefect server in PREFECT_API_URL")
     crash.add_subparsers(dest="action", required=True).add_parser(
         "install", help="create the automation that marks shard flow runs Crashed when their heartbeats stop "
@@ -198,11 +203,32 @@ def _install(installer, *args) -> int:
     return 0
 
 
-def _install_alert(webhook_url: str) -> str:
-    from tasks.nightly.alerts import install_regression_alert
+def _install_alert(webhook_option: str | None) -> str:
+    from tasks.nightly.alerts import install_regression_alert, webhook_origin
 
+    webhook_url = _webhook_url(webhook_option)
     block_id, automation_id = install_regression_alert(webhook_url)
-    return f"regression alert installed: automation {automation_id} notifies webhook block {block_id}"
+    return (f"regression alert installed: automation {automation_id} notifies webhook block {block_id}, "
+            f"which POSTs to {webhook_origin(webhook_url)} (the full URL is kept as a secret of the block)")
+
+
+def _webhook_url(webhook_option: str | None) -> str:
+    """The webhook URL: stdin's first line for ``--webhook-url -``, else ``$QUANTBENCH_WEBHOOK_URL``.
+    A URL given as the option's value is refused (the arguments are visible in ps and the shell
+    history), without repeating it."""
+    if webhook_option is None:
+        url = os.environ.get(WEBHOOK_URL_ENV, "").strip()
+        if not url:
+            raise QuantbenchError(f"no webhook URL: set {WEBHOOK_URL_ENV}, or pass --webhook-url - with the URL on stdin")
+        return url
+    if webhook_option != "-":
+        raise QuantbenchError(f"--webhook-url takes only '-' (read the URL from stdin), not the URL: the arguments are visible "
+                              f"in ps and the shell history; set {WEBHOOK_URL_ENV}, or run "
+                              "'quantbench alerts install --webhook-url - < url.txt'")
+    url = sys.stdin.readline().strip()
+    if not url:
+        raise QuantbenchError("--webhook-url -: stdin's first line holds no URL")
+    return url
 
 
 def _install_crash_detection() -> str:

@@ -2,13 +2,16 @@
 deployments/work-pools/docker.json (host networking, the local quantbench:full image), a real
 `docker`-type worker (prefect-docker) on this host, and SeaweedFS as the S3 store that holds the
 images, the converted models and every result. The benchmark flow runs each (variant, shard) as a
-flow run of the shard deployment, which the worker runs as its own container."""
+flow run of the shard deployment, which the worker runs as its own container. The S3 keys are in
+Prefect Secret blocks: each run's job variables hold only references to them, which the worker
+resolves as it starts a container."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests import docker_engine
@@ -17,6 +20,9 @@ from tests.prefect_server import PREFECT, REPO, Cluster, read_report, wait_for
 from tests.s3server import running_s3_server
 
 VARIANTS = ["float32", "int8"]
+KEY_BLOCKS = {"AWS_ACCESS_KEY_ID": "quantbench-s3-access-key-id", "AWS_SECRET_ACCESS_KEY": "quantbench-s3-secret-access-key"}
+"""The Secret block holding each S3 key (a string each: Prefect 3.9 shows a JSON-valued Secret in clear)."""
+KEY_REFERENCES = {name: f"{{{{ prefect.blocks.secret.{block} }}}}" for name, block in KEY_BLOCKS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +39,10 @@ def stack(container_images, tmp_path_factory):
         cluster.env.update(s3.env())
         try:
             cluster.start_server()
+            cluster.run(sys.executable, "-c", (  # the operator's step: the keys, from its environment, into Secret blocks
+                "import json, os, sys; from prefect.blocks.system import Secret\n"
+                "for name, block in json.loads(sys.argv[1]).items(): Secret(value=os.environ[name]).save(block, overwrite=True)"),
+                json.dumps(KEY_BLOCKS))
             cluster.run(sys.executable, "-c", (
                 "import sys; from pathlib import Path; from tasks.store.object_store import open_store\n"
                 "store = open_store('s3://quantbench/data')\n"
@@ -56,9 +66,12 @@ def _config(stack: dict, prefix: str, **changes) -> dict:
 
 
 def _in_containers(stack: dict, prefix: str, **changes) -> dict:
-    # The containers get the S3 endpoint and credentials through the run's job variables, merged over
-    # the shard deployment's environment (its heartbeat setting), and this session's label.
-    job_variables = {"env": stack["s3"].env(), "labels": docker_engine.LABELS}
+    # The containers get the S3 endpoint and references to the Secret blocks of the keys through the
+    # run's job variables, merged over the shard deployment's environment (its heartbeat setting),
+    # and this session's label.
+    s3 = stack["s3"].env()
+    env = {"AWS_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"], "AWS_DEFAULT_REGION": s3["AWS_DEFAULT_REGION"], **KEY_REFERENCES}
+    job_variables = {"env": env, "labels": docker_engine.LABELS}
     return _config(stack, prefix, execution="deployment", job_variables=job_variables, **changes)
 
 
@@ -90,6 +103,13 @@ def test_every_shard_runs_in_its_own_container_two_at_once_with_local_modes_resu
     assert {c["HostConfig"]["NetworkMode"] for c in containers.values()} == {"host"}
     assert {c["Config"]["User"] for c in containers.values()} == {"10001:10001"}
     assert all(c["State"]["ExitCode"] == 0 for c in containers.values())
+    s3 = stack["s3"]
+    for r in runs:  # the flow runs hold the references; the worker gave each container the keys
+        assert {k: r["job_variables"]["env"][k] for k in KEY_REFERENCES} == KEY_REFERENCES
+        assert s3.secret_key not in json.dumps(r) and s3.access_key not in json.dumps(r)
+        assert {f"AWS_ACCESS_KEY_ID={s3.access_key}", f"AWS_SECRET_ACCESS_KEY={s3.secret_key}"} <= set(containers[r["id"]]["Config"]["Env"])
+    blocks = httpx.post(f"{cluster.api}/block_documents/filter", json={}, timeout=10).text  # what the UI shows
+    assert s3.secret_key not in blocks and s3.access_key not in blocks
     spans = [(docker_engine.timestamp(c["State"]["StartedAt"]), docker_engine.timestamp(c["State"]["FinishedAt"])) for c in containers.values()]
     most_at_once = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
     assert most_at_once >= 2, spans

@@ -8,7 +8,9 @@ notification through a webhook block.
   about the resource ``quantbench.run.<run id>``, with the model as a related resource and the
   regressions in its payload.
 - :func:`install_regression_alert` (``quantbench alerts install``): saves the webhook block and
-  creates the automation against the configured Prefect API (``PREFECT_API_URL``).
+  creates the automation against the configured Prefect API (``PREFECT_API_URL``). The webhook URL
+  (whose path, query or user info often holds a token) is kept only in the block's ``secrets``,
+  which the API shows as ``********`` unless asked for secrets; messages show its origin alone.
 
 Dead workers: ``deployments/automations/crash-silent-shards.yaml`` marks a shard flow run Crashed
 when its heartbeats stop, so the benchmark resubmits it in minutes (:func:`install_crash_detection`,
@@ -17,6 +19,7 @@ when its heartbeats stop, so the benchmark resubmits it in minutes (:func:`insta
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import yaml
@@ -35,6 +38,9 @@ CRASH_DETECTION_FILE = AUTOMATIONS / "crash-silent-shards.yaml"
 BLOCK_ID_PLACEHOLDER = "${QUANTBENCH_ALERT_BLOCK_ID}"
 """The shipped YAML's ``block_document_id``: the installer puts the webhook block's id there (by
 hand: ``QUANTBENCH_ALERT_BLOCK_ID=<id> envsubst < regression-alert.yaml``)."""
+WEBHOOK_SECRET = "webhook_url"
+"""The key of the webhook URL in the block's ``secrets``; the block's ``url`` is the template
+``{{webhook_url}}``, filled from the secrets only when a notification is sent."""
 
 
 def regression_event(report: dict, report_url: str) -> dict:
@@ -77,6 +83,7 @@ def install_regression_alert(webhook_url: str, block_name: str = "quantbench-reg
     ``block_name`` that POSTs ``{"subject": …, "body": …}`` as JSON to ``webhook_url``, and create
     the shipped automation pointing at it, replacing any automation of the same name (so running
     this again leaves one, with a new id). Returns (block document id, automation id)."""
+    check_webhook_url(webhook_url)
     require_api()
     block_id = save_webhook_block(webhook_url, block_name)
     automation_id = replace_automation(automation_definition(block_id))
@@ -103,10 +110,26 @@ def read_definition(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def check_webhook_url(webhook_url: str) -> None:
+    """Refuse anything but an ``http(s)://`` URL with a host; the message does not repeat the URL."""
+    parts = urlsplit(webhook_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise QuantbenchError("the webhook URL must start with http:// or https:// and name a host")
+
+
+def webhook_origin(webhook_url: str) -> str:
+    """``scheme://host[:port]`` of the webhook URL: all of it a message may show (webhook tokens sit
+    in the user info, the query or the path, as Slack's and Discord's do)."""
+    parts = urlsplit(webhook_url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
 def save_webhook_block(webhook_url: str, block_name: str) -> UUID:
-    """Save a Custom Webhook notification block (the notification block that POSTs to any URL)."""
+    """Save a Custom Webhook notification block (the notification block that POSTs to any URL)
+    whose URL is a secret: ``url`` is ``{{webhook_url}}`` and the URL itself is in ``secrets``."""
     block = CustomWebhookNotificationBlock(
-        name=block_name, url=webhook_url, method="POST", json_data={"subject": "{{subject}}", "body": "{{body}}"}
+        name=block_name, url="{{" + WEBHOOK_SECRET + "}}", secrets={WEBHOOK_SECRET: webhook_url},
+        method="POST", json_data={"subject": "{{subject}}", "body": "{{body}}"},
     )
     return block.save(block_name, overwrite=True)
 
