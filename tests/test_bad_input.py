@@ -41,7 +41,7 @@ def test_annotations_that_are_not_coco(capsys, oracle_models, tmp_path):
     bad = tmp_path / "instances.json"
     bad.write_text(json.dumps({"images": [{"id": 1}]}))
     error = _cli_error(capsys, "--model", str(oracle_models["fixed"]), "--annotations", str(bad), "--images", str(tmp_path))
-    assert str(bad) in error and "COCO instances JSON" in error
+    assert error == f"error: {bad}: $.images[0].file_name is missing (must be a non-empty string): fix the annotations"
 
 
 def test_missing_image_folder(capsys, oracle_data, oracle_models, tmp_path):

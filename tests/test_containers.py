@@ -3,6 +3,8 @@ answers) and run with ``docker run --network host`` as their non-root user (uid 
 
 - quantbench:full runs the demo benchmark with its results on a mounted folder, with the same AP as
   the same run on the host; a folder its user cannot write is one clear error line.
+- quantbench:full runs the demo as the Kubernetes pool's Job would: read-only root, only its emptyDir
+  mounts writable, no capability, no privilege escalation.
 - quantbench:slim has no TensorFlow, benchmarks a builtin-op .tflite, and refuses a Flex-op model
   with one line that names the full image.
 """
@@ -63,6 +65,27 @@ def test_the_full_image_runs_the_demo_as_its_user_with_the_hosts_ap(host_demo, t
         assert in_container["images"] == on_host["images"] == 20 and in_container["failed_images"] == 0
     written = [p for p in results.rglob("*") if p.is_file()]
     assert written and {p.stat().st_uid for p in written} == {IMAGE_USER}  # the image's user, not root
+
+
+def test_the_full_image_runs_the_demo_under_the_kubernetes_jobs_restrictions(host_demo, tmp_path):
+    """As the pool's Job runs it (deployments/work-pools/kubernetes.json): its user, a read-only root
+    filesystem with an empty volume (as an emptyDir) at each of its mounts, no capability, no
+    privilege escalation. The demo writes its data, models, Prefect home and results only there;
+    the results volume is a folder of this host, to read the report from."""
+    job = json.loads((docker_engine.REPO / "deployments" / "work-pools" / "kubernetes.json").read_text())["job_configuration"]
+    pod = job["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    security = {**pod["securityContext"], **container["securityContext"]}
+    assert security["readOnlyRootFilesystem"] and security["capabilities"] == {"drop": ["ALL"]} and not security["allowPrivilegeEscalation"]
+    args = ["run", "--rm", "--network", "host", "--label", docker_engine.LABEL, "--read-only", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--user", f"{security['runAsUser']}:{security['runAsGroup']}"]
+    results = _folder_for_the_image_user(tmp_path / "results")
+    for mount in container["volumeMounts"]:  # anonymous volumes: empty, the image user's, removed with --rm
+        args += ["-v", f"{results}:{IN_CONTAINER}" if mount["mountPath"] == IN_CONTAINER else mount["mountPath"]]
+    run = docker_engine.docker(*args, container["image"], "quantbench", "run", "--limit", "20", "--quiet", check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = _report(run.stdout, results)
+    assert [v["bbox"] for v in report["variants"]] == [v["bbox"] for v in host_demo["report"]["variants"]]
 
 
 def test_a_results_folder_the_image_user_cannot_write_is_one_error_line(container_images, tmp_path):

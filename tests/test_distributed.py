@@ -83,11 +83,40 @@ def test_the_deployments_are_registered_with_the_nightly_schedule(cluster):
 
 
 def test_the_container_work_pools_accept_their_job_templates(cluster):
-    docker = cluster.get("/work_pools/quantbench-docker")["base_job_template"]["variables"]["properties"]
-    kubernetes = cluster.get("/work_pools/quantbench-k8s")["base_job_template"]["variables"]["properties"]
-    assert docker["image"]["default"] == kubernetes["image"]["default"] == "quantbench:full"
-    assert kubernetes["memory_request"]["default"] == "4Gi" and kubernetes["namespace"]["default"] == "quantbench"
-    assert "QUANTBENCH_STORE" in docker["env"]["default"] and "QUANTBENCH_STORE" in kubernetes["env"]["default"]
+    docker = cluster.get("/work_pools/quantbench-docker")["base_job_template"]
+    kubernetes = cluster.get("/work_pools/quantbench-k8s")["base_job_template"]
+    (container,) = kubernetes["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert docker["job_configuration"]["image"] == container["image"] == "quantbench:full"
+    assert kubernetes["variables"]["properties"]["memory_request"]["default"] == "4Gi" and kubernetes["job_configuration"]["namespace"] == "quantbench"
+    assert all("QUANTBENCH_STORE" in pool["variables"]["properties"]["env"]["default"] for pool in (docker, kubernetes))
+
+
+def _deployment_on(cluster: Cluster, pool: str) -> str:
+    """A deployment on ``pool`` of a flow of its own (no worker runs it; the shard flow's runs stay countable)."""
+    flow = httpx.post(f"{cluster.api}/flows/", json={"name": "job-variable-checks"}, timeout=10).json()
+    deployment = httpx.post(f"{cluster.api}/deployments/", timeout=10, json={
+        "name": pool, "flow_id": flow["id"], "work_pool_name": pool, "entrypoint": "flows/shard.py:shard_flow"})
+    assert deployment.status_code in (200, 201), deployment.text
+    return deployment.json()["id"]
+
+
+@pytest.mark.parametrize(("pool", "job_variables"), [
+    ("quantbench-process", {"command": "sh -c id"}), ("quantbench-docker", {"privileged": True}),
+    ("quantbench-docker", {"volumes": ["/:/host"]}), ("quantbench-k8s", {"image": "evil:latest"})])
+def test_the_server_refuses_a_run_with_job_variables_its_pool_does_not_offer(cluster, pool, job_variables):
+    deployment = _deployment_on(cluster, pool)
+    create = f"{cluster.api}/deployments/{deployment}/create_flow_run"
+    refused = httpx.post(create, json={"job_variables": job_variables}, timeout=10)
+    (key,) = job_variables
+    assert refused.status_code == 422 and f"'{key}' was unexpected" in refused.json()["detail"], refused.text
+
+
+def test_the_server_accepts_the_job_variables_a_pool_offers(cluster):
+    # On the Docker pool, which no worker serves here: the flow run stays Scheduled.
+    create = f"{cluster.api}/deployments/{_deployment_on(cluster, 'quantbench-docker')}/create_flow_run"
+    job_variables = {"env": {"QUANTBENCH_STORE": "s3://bucket/runs"}, "labels": {"team": "cv"}, "mem_limit": "8g"}
+    accepted = httpx.post(create, json={"job_variables": job_variables}, timeout=10)
+    assert accepted.status_code == 201 and accepted.json()["job_variables"] == job_variables, accepted.text
 
 
 def test_every_shard_runs_as_a_worker_flow_run_and_results_equal_local_mode(cluster, case):

@@ -296,11 +296,11 @@ def test_k8s_jobs_of_the_work_pool_template_find_their_namespace_and_service_acc
     template = REPO / "deployments" / "work-pools" / "kubernetes.json"
     if not template.is_file():
         pytest.skip(f"{template.relative_to(REPO)} (the pool's base job template) is not there")
-    variables = json.loads(template.read_text())["variables"]["properties"]
+    job = json.loads(template.read_text())["job_configuration"]  # fixed there: a run's job variables cannot change them
     (namespace,) = by_kind("Namespace")
-    assert variables["namespace"]["default"] == namespace["metadata"]["name"]
+    assert job["namespace"] == job["job_manifest"]["metadata"]["namespace"] == namespace["metadata"]["name"]
     accounts = {sa["metadata"]["name"]: sa for sa in by_kind("ServiceAccount")}
-    job_account = variables["service_account_name"]["default"]
+    job_account = job["job_manifest"]["spec"]["template"]["spec"]["serviceAccountName"]
     assert job_account in accounts
     assert not any(s["name"] == job_account for b in by_kind("RoleBinding") for s in b["subjects"]), \
         "flow-run Jobs need no Kubernetes API access"

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tasks.data.annotations import parse_annotations, read_annotation_bytes
 from tasks.store.errors import IMAGE_FAILURES, ImageDecodeError, QuantbenchError, UnsafeKeyError
-from tasks.store.object_store import open_store, split_url
+from tasks.store.object_store import open_store
 
 MISSING = "missing"  # the fingerprint of an image file that does not exist
 
@@ -52,32 +53,14 @@ class Shard:
     images: tuple[ImageRecord, ...]
 
 
-def _read_annotations(annotations: str) -> bytes:
-    if "://" not in annotations:
-        path = Path(annotations)
-        if not path.is_file():
-            raise QuantbenchError(f"annotations file not found: {annotations} (pass --annotations, a COCO instances JSON)")
-        return path.read_bytes()
-    store, key = split_url(annotations)
-    return store.read_bytes(key)
-
-
 def load_dataset(annotations: str, images: str, limit: int | None = None) -> Dataset:
     """Read and validate the annotations; keep the first ``limit`` images by id; fingerprint them."""
     if "://" not in annotations and Path(annotations).is_dir():
         raise QuantbenchError(f"--annotations {annotations} is a folder: pass the COCO instances JSON file (e.g. instances_val2017.json)")
-    raw = _read_annotations(annotations)
-    try:
-        document = json.loads(raw)
-        records = [ImageRecord(int(i["id"]), str(i["file_name"]), int(i["width"]), int(i["height"])) for i in document["images"]]
-        category_ids = tuple(sorted(int(c["id"]) for c in document["categories"]))
-        if not isinstance(document["annotations"], list):
-            raise TypeError("'annotations' is not a list")
-    except (ValueError, KeyError, TypeError) as error:
-        raise QuantbenchError(
-            f"{annotations} is not a COCO instances JSON ({type(error).__name__}: {error}); "
-            "it needs 'images' (id, file_name, width, height), 'annotations' and 'categories'"
-        ) from None
+    raw = read_annotation_bytes(annotations)
+    document = parse_annotations(annotations, raw)
+    records = [ImageRecord(i["id"], i["file_name"], i["width"], i["height"]) for i in document["images"]]
+    category_ids = tuple(sorted(c["id"] for c in document["categories"]))
     if "://" not in images and not Path(images).is_dir():
         raise QuantbenchError(f"image folder not found: {images} (pass --images, the folder the file_names are in)")
     if limit is not None and limit < 1:
@@ -112,11 +95,12 @@ def _inside(store, file_name: str) -> bool:
 
 
 def instances_per_category(document: dict, image_ids: set[int]) -> dict[str, int]:
-    """Non-crowd ground-truth instances per category name in ``image_ids`` (0 for absent ones)."""
-    names = {int(c["id"]): str(c["name"]) for c in document["categories"]}
+    """Non-crowd ground-truth instances per category name in ``image_ids`` (0 for absent ones), in
+    a document :func:`tasks.data.annotations.check_coco` accepts."""
+    names = {c["id"]: c["name"] for c in document["categories"]}
     counts = dict.fromkeys(names.values(), 0)
     for annotation in document["annotations"]:
-        if annotation.get("image_id") in image_ids and not annotation.get("iscrowd", 0) and annotation.get("category_id") in names:
+        if annotation["image_id"] in image_ids and not annotation["iscrowd"] and annotation["category_id"] in names:
             counts[names[annotation["category_id"]]] += 1
     return counts
 
@@ -131,8 +115,8 @@ def make_shards(dataset: Dataset, shard_size: int) -> list[Shard]:
 
 
 def read_annotations(annotations_url: str) -> dict:
-    """The annotations document (for evaluation)."""
-    return json.loads(_read_annotations(annotations_url))
+    """The annotations document (for evaluation), capped and checked as :func:`load_dataset` does."""
+    return parse_annotations(annotations_url, read_annotation_bytes(annotations_url))
 
 
 IMAGE_FORMATS = ("JPEG", "PNG")  # what COCO (JPEG) and the embedded demo (PNG) use; no other Pillow plugin is reached

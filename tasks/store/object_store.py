@@ -79,6 +79,10 @@ class Store(ABC):
         """Whether an object is stored under ``key``."""
 
     @abstractmethod
+    def size(self, key: str) -> int:
+        """The object's size in bytes, read without its content; NotFoundError if absent."""
+
+    @abstractmethod
     def local_path(self, key: str, cache_dir: Path) -> Path:
         """A local file holding the object (the object itself when the store is local)."""
 
@@ -157,6 +161,11 @@ class LocalStore(Store):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        if not self.exists(key):
+            raise NotFoundError(f"not found: {self.url_for(key)}")
+        return self._path(key).stat().st_size
 
     def local_path(self, key: str, cache_dir: Path) -> Path:
         if not self.exists(key):
@@ -260,6 +269,14 @@ class S3Store(Store):
                 return False
             raise self._error(key, error) from None
         except BotoCoreError as error:
+            raise self._error(key, error) from None
+
+    def size(self, key: str) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        except (BotoCoreError, ClientError) as error:
             raise self._error(key, error) from None
 
     def _listing(self, prefix: str) -> list[dict]:
