@@ -74,23 +74,28 @@ def create_bucket(weed_command: list[str], bucket: str, workdir: Path) -> None:
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copies until end of stream, then half-closes WRITER; on a connection error closes it."""
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
             await writer.drain()
+        writer.write_eof()
     except OSError:
-        pass
-    finally:
         writer.close()
 
 
 async def forward(target_port: int, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    """One client connection, piped both ways to 127.0.0.1:TARGET_PORT until both ends are done."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", target_port)
     except OSError:
         client_writer.close()
         return
-    await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
+    try:
+        await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
+    finally:
+        writer.close()
+        client_writer.close()
 
 
 async def serve(weed: subprocess.Popen, host: str, port: int, target_port: int) -> int:
