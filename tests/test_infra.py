@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def test_every_yaml_file_in_infra_parses():
 
 def test_compose_runs_the_server_s3_and_a_worker_from_the_images_make_images_builds():
     services = compose()["services"]
-    assert set(services) == {"server", "s3", "worker"}
+    assert set(services) == {"check-secrets", "server", "s3", "worker"}
+    assert services.pop("check-secrets")["image"] == "quantbench:s3"  # built with the s3 service
     targets = {name: service["build"]["target"] for name, service in services.items()}
     assert targets == {"server": "full", "s3": "s3", "worker": "full"}
     for name, service in services.items():
@@ -87,7 +89,8 @@ def test_compose_runs_the_server_s3_and_a_worker_from_the_images_make_images_bui
     assert server.startswith("prefect server start --host ${QUANTBENCH_BIND_ADDRESS:-127.0.0.1}")
     assert environment(services["server"])["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("sqlite+aiosqlite:////home/quantbench/.prefect/")
     assert "prefect-data:/home/quantbench/.prefect" in services["server"]["volumes"]
-    assert services["s3"]["command"][:2] == ["weed", "mini"] and "-ip.bind=${QUANTBENCH_BIND_ADDRESS:-127.0.0.1}" in services["s3"]["command"]
+    assert services["s3"]["command"][:2] == ["python", "/opt/store/serve.py"]
+    assert "./store/serve.py:/opt/store/serve.py:ro" in services["s3"]["volumes"]
     command = " ".join(services["worker"]["command"])
     assert "prefect worker start" in command and "--pool quantbench-process" in command and "--type process" in command
     env = environment(services["worker"])
@@ -134,12 +137,30 @@ def test_compose_uses_the_hosts_network_and_publishes_no_port():
 
 def test_compose_services_wait_for_healthy_dependencies():
     services = compose()["services"]
+    assert services["check-secrets"]["restart"] == "no"  # runs once, before the others
     for name, service in services.items():
-        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-        assert service.get("restart") == "unless-stopped", name
+        if name != "check-secrets":
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+            assert service.get("restart") == "unless-stopped", name
     conditions = {name: {dep: spec.get("condition") for dep, spec in service.get("depends_on", {}).items()}
                   for name, service in services.items()}
-    assert conditions == {"server": {}, "s3": {}, "worker": {"server": "service_healthy", "s3": "service_healthy"}}
+    checked = {"check-secrets": "service_completed_successfully"}
+    assert conditions == {"check-secrets": {}, "server": checked, "s3": checked,
+                          "worker": {"server": "service_healthy", "s3": "service_healthy"}}
+    override = yaml.safe_load(COMPOSE_POSTGRES.read_text())["services"]
+    assert override["postgres"]["depends_on"] == {"check-secrets": {"condition": "service_completed_successfully"}}
+
+
+def test_compose_s3_runs_every_seaweedfs_part_on_loopback_with_http_apis_off_but_s3():
+    """serve.py forwards QUANTBENCH_BIND_ADDRESS:QUANTBENCH_S3_PORT to the S3 gateway on 127.0.0.1;
+    weed itself binds 127.0.0.1 only, and runs no WebDAV, admin UI, Iceberg or Lance endpoint."""
+    command = compose()["services"]["s3"]["command"]
+    assert command[2:7] == ["${QUANTBENCH_BIND_ADDRESS:-127.0.0.1}", "${QUANTBENCH_S3_PORT:-8333}", "8335", "quantbench", "--"]
+    weed = command[7:]
+    assert weed[:2] == ["weed", "server"]
+    for flag in ("-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-disableHttp", "-s3.port=8335", "-s3.port.iceberg=0", "-s3.port.lance=0"):
+        assert flag in weed, flag
+    assert not any(arg.startswith(("-webdav", "-admin", "-s3.ip.bind", "-sftp", "-iam", "-mq")) for arg in weed), weed
 
 
 def test_env_example_lists_every_required_variable_with_placeholders_and_env_is_ignored():
@@ -212,6 +233,29 @@ def test_docker_compose_config_accepts_the_env_example(tmp_path):
     result = subprocess.run([*docker_compose(), "-f", str(COMPOSE), "-f", str(COMPOSE_POSTGRES), "--env-file",
                              str(INFRA / ".env.example"), "config", "--quiet"], env=base, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def run_check_secrets(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """The check-secrets service's command as `docker compose config` resolves it (stack and
+    PostgreSQL override, values from ENV), run here with only the environment the service gets."""
+    result = run_compose_config(env, tmp_path, COMPOSE, COMPOSE_POSTGRES)
+    assert result.returncode == 0, result.stderr
+    service = json.loads(result.stdout)["services"]["check-secrets"]
+    assert service["command"][:2] == ["python", "-c"]
+    return subprocess.run([sys.executable, *service["command"][1:]], env=service["environment"], capture_output=True, text=True)
+
+
+def test_compose_refuses_to_start_with_the_templates_placeholders(tmp_path):
+    example = dict(line.split("=", 1) for line in (INFRA / ".env.example").read_text().splitlines() if line[:1].isalpha())
+    refused = run_check_secrets(example, tmp_path)
+    assert refused.returncode == 1 and refused.stderr == (
+        "POSTGRES_PASSWORD, PREFECT_AUTH_STRING, QUANTBENCH_S3_ACCESS_KEY, QUANTBENCH_S3_SECRET_KEY are the template's "
+        "placeholders: set your own in infra/.env\n"), refused.stderr
+    one = run_check_secrets({**TEST_ENV, "QUANTBENCH_S3_SECRET_KEY": example["QUANTBENCH_S3_SECRET_KEY"]}, tmp_path)
+    assert one.returncode == 1 and one.stderr == \
+        "QUANTBENCH_S3_SECRET_KEY is the template's placeholder: set your own in infra/.env\n", one.stderr
+    accepted = run_check_secrets(TEST_ENV, tmp_path)
+    assert accepted.returncode == 0 and accepted.stderr == "", accepted.stderr
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------
