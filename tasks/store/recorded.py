@@ -1,6 +1,7 @@
 """Reused results with a recorded digest: an object written with :func:`write_recorded` gets a
-sidecar ``<key>.sha256`` (its SHA-256, hex, one line) written after it; :func:`read_recorded` gives
-the object back only if its content still has that digest.
+sidecar ``<key>.sha256`` (its SHA-256, hex, one line), written just before it (a writer killed between
+the two writes leaves no new object without its record);
+:func:`read_recorded` gives the object back only if its content still has that digest.
 
 A converted model or a shard output is reused by later runs (its key says what it was computed
 from, not what it holds), so one swapped or edited in the store would otherwise be trusted. An
@@ -38,10 +39,9 @@ def sha256_hex(data: bytes) -> str:
 
 
 def write_recorded(store: Store, key: str, data: bytes) -> str:
-    """Store ``data`` under ``key``, then its SHA-256 under :func:`digest_key`; return the object's URL."""
-    url = store.write_bytes(key, data)
+    """Store the SHA-256 of ``data`` under :func:`digest_key`, then ``data`` under ``key``; return the object's URL."""
     store.write_bytes(digest_key(key), f"{sha256_hex(data)}\n".encode())
-    return url
+    return store.write_bytes(key, data)
 
 
 def read_recorded(store: Store, key: str) -> bytes | None:
