@@ -1,6 +1,7 @@
-"""requirements.lock (issue 18, finding 7): every package of the development set
-(``.[convert,dev]`` and the build backend) pinned with its SHA-256 hashes, and the installs that use it
-in hash-checking mode. Read from the files; the install itself is what ``make test`` does."""
+"""requirements.lock and the images' locks (issue 18, finding 7): every package of the development set
+(``.[convert,dev]``, pip and the build backend) and of each image pinned with its SHA-256 hashes, and
+the installs that use them in hash-checking mode. Read from the files; the installs themselves are what
+``make test`` and ``make images`` do."""
 from __future__ import annotations
 
 import re
@@ -14,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
 
 
-def locked() -> dict[str, tuple[str, list[str]]]:
-    """``{canonical name: (version, [sha256 hex, ...])}`` of requirements.lock."""
-    text = re.sub(r"\\\n", " ", LOCK.read_text())  # continuation lines joined
+def locked(path: Path = LOCK) -> dict[str, tuple[str, list[str]]]:
+    """``{canonical name: (version, [sha256 hex, ...])}`` of a lock file (requirements.lock by default)."""
+    text = re.sub(r"\\\n", " ", path.read_text())  # continuation lines joined
     entries = {}
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -72,3 +73,31 @@ def test_make_installs_from_the_lock_in_hash_checking_mode():
     installs = [line for line in makefile_rule("$(VENV)/.installed") if " pip install" in line]
     assert installs[0].endswith("pip install --quiet --require-hashes -r requirements.lock")
     assert installs[1:] == ["$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ."]
+
+
+def test_each_image_lock_covers_its_set_at_the_development_lock_versions():
+    import sys
+
+    sys.path.insert(0, str(REPO / "infra" / "docker"))
+    from requirements import TARGETS, requirements
+
+    development = locked()
+    for target in TARGETS:
+        image = locked(REPO / "infra" / "docker" / f"{target}.lock")
+        for text in requirements(target, REPO / "pyproject.toml"):
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            assert name in image and requirement.specifier.contains(image[name][0]), f"{target}.lock lacks {text}: run `make lock`"
+        for name, (version, hashes) in image.items():
+            assert hashes and development[name] == (version, hashes), f"{target}.lock: {name}=={version} differs from requirements.lock"
+
+
+def test_images_download_and_install_only_locked_files():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for target in ("slim", "full", "s3"):
+        assert (f"pip install --no-cache-dir --no-index --require-hashes --find-links /tmp/wheelhouse -r /tmp/wheelhouse/{target}.txt"
+                in dockerfile)
+    assert dockerfile.count("pip install") == 5 and dockerfile.count("--no-deps --no-index --no-build-isolation .") == 2
+    wheelhouse = (REPO / "infra" / "docker" / "wheelhouse.py").read_text()
+    assert '(ROOT / "infra" / "docker" / f"{target}.lock").read_text()' in wheelhouse
+    assert "pip download --quiet --require-hashes --only-binary :all: --dest /wheelhouse -r /wheelhouse/{t}.txt" in wheelhouse
