@@ -47,14 +47,15 @@ WORKDIR /opt/quantbench
 ENTRYPOINT ["/usr/bin/tini", "--"]
 
 
-# The dependencies, installed from the wheelhouse only (no index): one layer per target, rebuilt only
+# The dependencies, installed from the wheelhouse only (no index), each file checked against the
+# target's lock (infra/docker/<target>.lock, hash-checking mode): one layer per target, rebuilt only
 # when a pinned version changes; the wheels themselves never reach a final image. Stages are in
 # build order: slim, s3, then full (the last stage, what a plain `docker build .` gives), so the
 # classic builder, which builds every stage up to the target, does no extra work for slim.
 FROM base AS venv-slim
 COPY build/wheelhouse /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse -r /tmp/wheelhouse/slim.txt
+    && pip install --no-cache-dir --no-index --require-hashes --find-links /tmp/wheelhouse -r /tmp/wheelhouse/slim.txt
 
 # quantbench itself (no dependencies, no index); quantbench-results/ is the default store
 # (./quantbench-results), writable by the user; the code stays root-owned.
@@ -78,7 +79,7 @@ CMD ["quantbench", "--help"]
 FROM base AS venv-s3
 COPY build/wheelhouse /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse -r /tmp/wheelhouse/s3.txt
+    && pip install --no-cache-dir --no-index --require-hashes --find-links /tmp/wheelhouse -r /tmp/wheelhouse/s3.txt
 
 FROM base AS s3
 COPY --from=venv-s3 /opt/venv /opt/venv
@@ -90,7 +91,7 @@ CMD ["weed", "mini", "-dir=/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-mast
 FROM base AS venv-full
 COPY build/wheelhouse /tmp/wheelhouse
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse -r /tmp/wheelhouse/full.txt
+    && pip install --no-cache-dir --no-index --require-hashes --find-links /tmp/wheelhouse -r /tmp/wheelhouse/full.txt
 
 FROM base AS full
 COPY --from=venv-full /opt/venv /opt/venv

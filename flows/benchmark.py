@@ -166,7 +166,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     classes_to_ids = label_map(spec.postprocess.classes, dataset.category_ids)
     jobs = [
         ShardJob(v, artifacts[v].url, model.digest, dataset.annotations_digest, dataset.images_url, shard, config.store,
-                 config.threads, config.min_score, dataset.category_ids, classes_to_ids, spec_summary(spec))
+                 config.threads, config.min_score, dataset.category_ids, classes_to_ids, spec_summary(spec), artifacts[v].sha256)
         for shard in shards  # shard-major: a shard's variants run close together and share its decoded images
         for v in variants
     ]
@@ -200,10 +200,10 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
             )
         with clock("latency"):
             latency = latency_task(variant, artifacts[variant].url, dataset.images_url, list(dataset.images), config.threads,
-                                   config.latency_images, spec)
+                                   config.latency_images, spec, artifacts[variant].sha256)
         with clock("comparison"):
             differences = ({} if variant == "float32" or "float32" not in artifacts else
-                           compare_task(variant, artifacts[variant].url, artifacts["float32"].url, calibration))
+                           compare_task(artifacts[variant], artifacts["float32"], calibration))
         with clock("evaluation"):
             metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids), config.eval_backend)
         per_image[variant] = metrics.pop("per_image")

@@ -99,7 +99,8 @@ def _results_parser(commands) -> None:
     show.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
     show.add_argument("--store", help=store_help)
     show.add_argument("--json", action="store_true", help="print report.json as stored")
-    show.add_argument("--html", metavar="DEST", help="write the run's self-contained HTML page to DEST (a file, or a folder: DEST/<run id>.html)")
+    show.add_argument("--html", metavar="DEST", help="write the run's self-contained HTML page, rendered again from its report.json, to DEST "
+                      "(a file, or a folder: DEST/<run id>.html)")
     fetch = actions.add_parser("fetch", help="download a run's report files and detections into DEST")
     fetch.add_argument("run", metavar="RUN", help="run id, or a unique prefix of one")
     fetch.add_argument("dest", metavar="DEST", help="local folder: gets report.json, report.csv, report.md, detections/<variant>.json")

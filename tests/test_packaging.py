@@ -127,7 +127,7 @@ def test_the_wheel_builds_without_setuptools_warnings_and_ships_its_data(tmp_pat
 def test_slim_installs_the_core_only_and_full_adds_the_convert_extra():
     found = stages()
     assert {"slim", "full", "venv-slim", "venv-full"} <= set(found)
-    wheelhouse = ["--no-cache-dir", "--no-index", "--find-links", "/tmp/wheelhouse", "-r"]
+    wheelhouse = ["--no-cache-dir", "--no-index", "--require-hashes", "--find-links", "/tmp/wheelhouse", "-r"]
     for target in ("slim", "full"):
         [venv] = [a for k, a in found[f"venv-{target}"]["own"] if k == "RUN"]
         assert f"pip install {' '.join(wheelhouse)} /tmp/wheelhouse/{target}.txt" in venv, venv

@@ -11,6 +11,7 @@ import pytest
 
 from flows.benchmark import BenchmarkConfig, benchmark
 from flows.cli import main
+from tasks.publish.presentation import render_run_page
 from tasks.publish.report import format_table, report_table
 from tasks.publish.results import read_report_csv
 from tasks.store.object_store import open_store
@@ -130,6 +131,22 @@ def test_fetch_mirrors_the_run_folder(local_runs, capsys, tmp_path):
         assert (tmp_path / "out" / name).read_bytes() == store.read_bytes(f"runs/{older}/{name}")
         assert f"wrote {tmp_path / 'out' / name} (" in out
     assert out.strip().splitlines()[-1] == f"fetched run {older} from {store.url} into {tmp_path / 'out'}: 5 files"
+
+
+def test_show_html_renders_the_page_from_report_json_never_the_stored_html(local_runs, capsys, tmp_path):
+    store, (older, _) = local_runs
+    key = f"runs/{older}/report.html"
+    stored = store.read_bytes(key)
+    store.write_bytes(key, stored.replace(b"<body>", b"<body><script>alert(1)</script>"))
+    try:
+        code, out, err = _cli(capsys, "show", older, "--store", store.url, "--html", str(tmp_path))
+    finally:
+        store.write_bytes(key, stored)
+    assert code == 0, err
+    page = (tmp_path / f"{older}.html").read_bytes()
+    assert out.strip() == f"wrote {tmp_path / f'{older}.html'}"
+    assert b"<script" not in page and page == render_run_page(store, store.read_json(f"runs/{older}/report.json"))[0].encode()
+    assert page == stored  # the same renderer as the run's: the page it wrote, byte for byte
 
 
 def test_fetch_into_a_file_is_refused(local_runs, capsys, tmp_path):

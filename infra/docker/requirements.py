@@ -1,4 +1,5 @@
-"""Print the pinned requirements of one image target, read from pyproject.toml.
+"""Print the pinned requirements of one image target, read from pyproject.toml: what `make lock`
+pins, with every dependency and its hashes, in infra/docker/<target>.lock (the images install that).
 
     python infra/docker/requirements.py slim   core dependencies (no TensorFlow)
     python infra/docker/requirements.py full   core + the `convert` extra

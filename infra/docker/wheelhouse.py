@@ -1,10 +1,12 @@
-"""Fill build/wheelhouse/ with every pinned wheel the images need, for the base image's own Python.
+"""Fill build/wheelhouse/ with every locked wheel the images need, for the base image's own Python.
 
     python infra/docker/wheelhouse.py BASE_IMAGE
 
-pip runs inside a throwaway container of BASE_IMAGE (`--network host`), so environment markers are
-evaluated by the Python the images will run (Debian's 3.11.2 needs wheels the official 3.11.14 does
-not). Index settings come from this machine's pip configuration, read at build time: http(s)
+Each image's set is its lock file, infra/docker/<target>.lock (`make lock`: every package pinned with
+its SHA-256 hashes), copied into the wheelhouse as <target>.txt. pip downloads wheels only, in
+hash-checking mode (a file whose hash is not in the lock is refused), and `docker build` installs them
+with --require-hashes again. pip runs inside a throwaway container of BASE_IMAGE (`--network host`),
+so environment markers and wheel tags are evaluated by the Python the images will run. Index settings come from this machine's pip configuration, read at build time: http(s)
 index-url / extra-index-url, trusted-host, proxy, and the CA bundle (`cert`, mounted read-only).
 They live only in that container's environment: the wheelhouse holds wheels and requirement files,
 and `docker build` then installs from it with --no-index, so no image holds an index URL, a host
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from requirements import TARGETS, requirements  # noqa: E402
+from requirements import TARGETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
@@ -74,8 +76,7 @@ def image_id(image: str) -> str:
 
 
 def fill(base_image: str) -> None:
-    files = {f"{target}.txt": "\n".join(requirements(target, ROOT / "pyproject.toml")) + "\n"
-             for target in TARGETS}
+    files = {f"{target}.txt": (ROOT / "infra" / "docker" / f"{target}.lock").read_text() for target in TARGETS}
     stamp = hashlib.sha256((image_id(base_image) + "".join(files.values())).encode()).hexdigest()
     stamp_file = WHEELHOUSE / ".stamp"
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
@@ -90,15 +91,15 @@ def fill(base_image: str) -> None:
         (WHEELHOUSE / name).write_text(text)
     env_args, mounts = container_environment(pip_settings())
     # pip runs as this machine's user, so the wheelhouse and cache stay owned by it.
-    script = ("python3 -m venv /tmp/venv && "
-              "/tmp/venv/bin/pip wheel --quiet --wheel-dir /wheelhouse "
-              + " ".join(f"-r /wheelhouse/{t}.txt" for t in TARGETS))
+    script = "python3 -m venv /tmp/venv" + "".join(
+        f" && /tmp/venv/bin/pip download --quiet --require-hashes --only-binary :all: --dest /wheelhouse -r /wheelhouse/{t}.txt"
+        for t in TARGETS)
     command = ["docker", "run", "--rm", "--network", "host", "--user", f"{os.getuid()}:{os.getgid()}",
                "-e", "HOME=/tmp", "-e", "PIP_CACHE_DIR=/pip-cache", "-e", "PIP_DISABLE_PIP_VERSION_CHECK=1",
                *env_args, *mounts,
                "-v", f"{WHEELHOUSE}:/wheelhouse", "-v", f"{PIP_CACHE}:/pip-cache",
                base_image, "sh", "-c", script]
-    print(f"wheelhouse: pip wheel in a {base_image} container (index from this machine's pip configuration)")
+    print(f"wheelhouse: pip download (hash-checked) in a {base_image} container (index from this machine's pip configuration)")
     subprocess.run(command, check=True)
     stamp_file.write_text(stamp)
 

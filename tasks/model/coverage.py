@@ -11,14 +11,14 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.model.variants import Calibration
+from tasks.model.variants import Calibration, ModelArtifact
 from tasks.model.runtimes import local_model_path, open_runtime
 
 COMPARED_BATCHES = 4
 
 
-def _outputs(variant: str, model_url: str, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    runtime = open_runtime(variant, local_model_path(model_url), threads=1)
+def _outputs(variant: str, model_url: str, model_sha256: str, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    runtime = open_runtime(variant, local_model_path(model_url, model_sha256), threads=1)
     results = []
     for batch in batches:
         runtime.set_input(batch)
@@ -27,10 +27,11 @@ def _outputs(variant: str, model_url: str, batches: list[np.ndarray]) -> list[di
     return results
 
 
-def max_abs_diff_vs_float32(variant: str, model_url: str, float32_url: str, calibration: Calibration) -> dict[str, float]:
+def max_abs_diff_vs_float32(variant: ModelArtifact, float32: ModelArtifact, calibration: Calibration) -> dict[str, float]:
     """Per output: max |variant − float32| over the first batches of ``calibration``."""
     batches = list(calibration.batches[:COMPARED_BATCHES])
-    reference, candidate = _outputs("float32", float32_url, batches), _outputs(variant, model_url, batches)
+    reference = _outputs("float32", float32.url, float32.sha256, batches)
+    candidate = _outputs(variant.variant, variant.url, variant.sha256, batches)
     diffs: dict[str, float] = {}
     for ref, out in zip(reference, candidate):
         for name in sorted(ref):
@@ -39,6 +40,6 @@ def max_abs_diff_vs_float32(variant: str, model_url: str, float32_url: str, cali
     return diffs
 
 
-@task(name="compare-with-float32", task_run_name="compare-{variant}", cache_policy=NO_CACHE)
-def compare_task(variant: str, model_url: str, float32_url: str, calibration: Calibration) -> dict[str, float]:
-    return max_abs_diff_vs_float32(variant, model_url, float32_url, calibration)
+@task(name="compare-with-float32", task_run_name="compare-{variant.variant}", cache_policy=NO_CACHE)
+def compare_task(variant: ModelArtifact, float32: ModelArtifact, calibration: Calibration) -> dict[str, float]:
+    return max_abs_diff_vs_float32(variant, float32, calibration)

@@ -19,17 +19,34 @@ import numpy as np
 from tasks.store.errors import QuantbenchError, import_tensorflow
 from tasks.model.tensors import ModelIO, TensorInfo
 from tasks.model.variants import SIGNATURE_KEY
-from tasks.store.object_store import cache_dir, split_url
+from tasks.store.object_store import LocalStore, cache_dir, file_sha256, split_url
 
 _TF_LOAD_LOCK = threading.Lock()
 
 
-def local_model_path(url: str) -> Path:
-    """A local path for a model URL: a SavedModel directory, or a ``.tflite`` object in a store."""
+def local_model_path(url: str, sha256: str = "") -> Path:
+    """A local path for a model URL: a SavedModel directory, or a ``.tflite`` object in a store.
+
+    ``sha256`` (hex; the digest the variant's conversion task checked or wrote): the file must have
+    it. A cached copy of a remote object that does not is dropped and fetched again; a file that
+    still differs (the stored object changed during the run) raises QuantbenchError.
+    """
     if "://" not in url and Path(url).is_dir():
         return Path(url)
     store, key = split_url(url)
-    return store.local_path(key, cache_dir())
+    path = store.local_path(key, cache_dir())
+    if not sha256 or file_sha256(path) == sha256:
+        return path
+    if not isinstance(store, LocalStore):
+        path.unlink(missing_ok=True)  # a stale or swapped cached copy: never used again
+        path = store.local_path(key, cache_dir())
+    actual = file_sha256(path)
+    if actual != sha256:
+        if not isinstance(store, LocalStore):
+            path.unlink(missing_ok=True)  # nor is a copy of the changed object kept
+        raise QuantbenchError(f"model {url} changed since its conversion task checked it (expected sha256 {sha256}, "
+                              f"got {actual}): rerun to convert it again")
+    return path
 
 
 class LiteRTRuntime:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.model.conversion import CALIBRATED_RECIPES, CONVERTER_RECIPES, QUANTIZER_RECIPES, convert, quantize
@@ -47,6 +47,7 @@ class ModelArtifact:
     quantized_weight_share: float = 0.0  # of float-derived weight bytes, the share in a quantized dtype
     op_counts: dict[str, int] = field(default_factory=dict)
     flex_ops: tuple[str, ...] = ()  # Select TF ops: running them needs TensorFlow
+    sha256: str = ""  # hex digest of the .tflite's bytes, as checked or written (empty for ``saved_model``)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,46 @@ def _tool_version(variant: str, source_path: str) -> str:
 
 def describe(variant: str, model: bytes, url: str) -> ModelArtifact:
     weights = weights_by_dtype(model)
-    return ModelArtifact(variant, url, len(model), weights, quantized_share(weights), op_counts(model), tuple(flex_ops(model)))
+    return ModelArtifact(variant, url, len(model), weights, quantized_share(weights), op_counts(model), tuple(flex_ops(model)),
+                         hashlib.sha256(model).hexdigest())
+
+
+def stored_variant(store, key: str) -> bytes | None:
+    """The converted model stored under ``key``, if it is there and matches its recorded digest.
+
+    One that does not match, or has no record, is not reused: a WARNING names it and None is
+    returned, so the variant is converted again (and object and record rewritten).
+    """
+    from tasks.store.recorded import UnverifiedObject, read_recorded
+
+    try:
+        return read_recorded(store, key)
+    except UnverifiedObject as error:
+        get_run_logger().warning("%s: converting it again", error)
+        return None
+
+
+def float32_model(float32: ModelArtifact) -> bytes:
+    """The float32 variant's bytes, as checked by its own task (quantizer recipes start from it)."""
+    from tasks.store.object_store import split_url
+
+    store, key = split_url(float32.url)
+    model = store.read_bytes(key)
+    if hashlib.sha256(model).hexdigest() != float32.sha256:
+        raise QuantbenchError(f"stored {float32.url} changed since it was checked in this run (expected sha256 {float32.sha256}, "
+                              f"got {hashlib.sha256(model).hexdigest()}): rerun to convert it again")
+    return model
+
+
+def _produce(source_path: str, variant: str, float32: ModelArtifact | None, calibration: Calibration | None) -> bytes:
+    """The variant's ``.tflite`` bytes, made now: quantized from float32, the given file, or converted."""
+    if variant in QUANTIZER_RECIPES:  # from the float32 file, whether converted or given
+        return quantize(float32_model(float32), variant)
+    if source_path.endswith(".tflite"):
+        if variant not in ("float32", "given"):
+            raise QuantbenchError(f"variant {variant} needs the SavedModel; {source_path} is a .tflite (use a quantizer variant)")
+        return Path(source_path).read_bytes()
+    return convert(Path(source_path), variant, list(calibration.batches) if calibration else None)
 
 
 @task(name="convert", task_run_name="convert-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
@@ -181,29 +221,23 @@ def convert_variant(source_path: str, source_digest: str, variant: str, store_ur
 
     ``source_path`` is a SavedModel directory, or a ``.tflite``: a float one is ``float32`` (and
     quantizer recipes apply to it), an already quantized one is ``given``. Stored under ``models/<digest>/<variant>-<tool
-    version>[-calib<digest>].tflite``, so reruns reuse it and different models never collide.
+    version>[-calib<digest>].tflite`` with its SHA-256 recorded beside it (``tasks.store.recorded``), so reruns
+    reuse it while it still has that digest, and different models never collide.
     """
-    from tasks.store.object_store import open_store, split_url
+    from tasks.store.object_store import open_store
+    from tasks.store.recorded import write_recorded
 
     store = open_store(store_url)
     suffix = f"-calib{calibration.digest[:12]}" if variant in CALIBRATED_RECIPES and calibration else ""
     key = f"models/{source_digest[:20]}/{variant}-{_tool_version(variant, source_path)}{suffix}.tflite"
-    stored = store.exists(key)
-    if stored:
-        model = store.read_bytes(key)
-    elif variant in QUANTIZER_RECIPES:  # from the float32 file, whether converted or given
-        float32_store, float32_key = split_url(float32.url)
-        model = quantize(float32_store.read_bytes(float32_key), variant)
-    elif source_path.endswith(".tflite"):
-        if variant not in ("float32", "given"):
-            raise QuantbenchError(f"variant {variant} needs the SavedModel; {source_path} is a .tflite (use a quantizer variant)")
-        model = Path(source_path).read_bytes()
-    else:
-        model = convert(Path(source_path), variant, list(calibration.batches) if calibration else None)
+    model = stored_variant(store, key)
+    stored = model is not None
+    if not stored:
+        model = _produce(source_path, variant, float32, calibration)
     artifact = describe(variant, model, store.url_for(key))
     verify_variant(variant, artifact.weights_by_dtype, artifact.model_bytes, float32.model_bytes if float32 else None)
     if not stored:
-        store.write_bytes(key, model)
+        write_recorded(store, key, model)
     return artifact
 
 

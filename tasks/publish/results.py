@@ -227,12 +227,13 @@ def fetch_run(store: Store, run_id: str, dest: Path, on_file: Callable[[Path, in
 
 
 def write_html(store: Store, run_id: str, dest: Path) -> Path:
-    """The run's ``report.html`` as stored, or (runs from before it existed) rendered from its
-    report.json, written to ``dest`` (a file, or an existing folder: ``dest/<run id>.html``)."""
+    """The run's page rendered again from its report.json (and the store's history), exactly as the
+    run rendered its ``report.html``, written to ``dest`` (a file, or an existing folder:
+    ``dest/<run id>.html``). The stored report.html is never read: whoever can write to the store
+    could have put anything in it (a script), while the renderer escapes every stored string."""
     from tasks.publish.presentation import render_run_page
 
-    key = f"{run_prefix(run_id)}/report.html"
-    page = store.read_bytes(key) if store.exists(key) else render_run_page(store, load_report(store, run_id))[0].encode()
+    page = render_run_page(store, load_report(store, run_id))[0].encode()
     target = dest / f"{run_id}.html" if dest.is_dir() else dest
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(page)

@@ -3,7 +3,9 @@
 A shard's output is stored under a key derived from everything that decides its content (model
 digest, variant and its model file, annotations digest, each image's id and content fingerprint,
 the resolved model spec, score threshold, label map), so a rerun finds and reuses it and outputs of different models,
-images or settings never mix.
+images or settings never mix. Its SHA-256 is recorded beside it (``tasks.store.recorded``): an output
+that no longer matches its record (edited in the store), or has none, is computed again, with a
+WARNING naming it.
 
 What a shard records as a failed image is only ever about that image: its file does not exist,
 or it does not decode (empty, truncated, corrupt). Any other error — a store that cannot be
@@ -32,6 +34,7 @@ from tasks.store.errors import STORE_RETRIES
 from tasks.run.prefetch import prepared_images
 from tasks.model.runtimes import local_model_path, open_runtime
 from tasks.store.object_store import open_store
+from tasks.store.recorded import UnverifiedObject, read_recorded, sha256_hex, write_recorded
 from tasks.run.usage import ResourceMeter
 
 
@@ -51,6 +54,7 @@ class ShardJob:
     category_ids: tuple[int, ...] = ()  # the dataset's categories; other classes are counted, not kept
     label_map: tuple[int, ...] | None = None  # model class index -> category id (None: classes are ids)
     spec: dict | None = None  # the resolved ModelSpec (tasks.model.spec), JSON-ready; None: the TF OD API head
+    model_sha256: str = ""  # hex digest the model file must have (its conversion task's); "": not checked (saved_model)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec.model_validate(self.spec) if self.spec else odapi_spec()
@@ -84,26 +88,34 @@ class ShardOutput:
     seconds: float  # wall time of the shard when computed: model load, read, decode, resize, invoke (0.0: reused)
     reused: bool
     usage: dict | None = None  # the stored "usage" of whoever computed it (None: stored before usage was recorded)
+    sha256: str = ""  # hex digest of the stored output as checked or written: gather reads exactly that
 
 
 def stored_shard_output(job: ShardJob, store, reused: bool = True, with_failures: bool = False) -> ShardOutput | None:
-    """The summary of the job's stored output, or None if it has none yet.
+    """The summary of the job's stored output, or None if it has none to use.
 
     An output that recorded failed images counts as absent (it is computed again) unless
     ``with_failures``: failures are never reused as final, only read back by the run that made them.
+    So does one that does not match its recorded digest, or has none (a WARNING names it).
     """
     key = job.output_key()
-    if not store.exists(key):
+    try:
+        data = read_recorded(store, key)
+    except UnverifiedObject as error:
+        get_run_logger().warning("%s: recomputing it", error)
         return None
-    stored = store.read_json(key)
+    if data is None:
+        return None
+    stored = json.loads(data)
     if stored["failed"] and not with_failures:
         return None
     return ShardOutput(job.variant, job.shard.index, key, len(stored["done_image_ids"]), len(stored["failed"]),
-                       len(stored["detections"]), stored["outside_categories"], 0.0, reused=reused, usage=stored.get("usage"))
+                       len(stored["detections"]), stored["outside_categories"], 0.0, reused=reused, usage=stored.get("usage"),
+                       sha256=sha256_hex(data))
 
 
 def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False) -> ShardOutput:
-    """Run ``job``'s model over its shard; store ``{"detections", "done_image_ids", "failed", "usage"}``.
+    """Run ``job``'s model over its shard; store ``{"detections", "done_image_ids", "failed", "usage"}`` and its digest.
 
     An image that does not exist or does not decode is recorded in ``failed`` with the reason and
     the shard goes on; any other error (the store, the model) stops the shard and stores nothing.
@@ -121,7 +133,7 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
     detections, done, failed, outside = [], [], [], {}
     with ResourceMeter(whole_process=alone_in_process) as meter:
         with meter.threads_started():  # an interpreter's worker threads (threads > 1)
-            runtime = open_runtime(job.variant, local_model_path(job.model_url), job.threads)
+            runtime = open_runtime(job.variant, local_model_path(job.model_url, job.model_sha256), job.threads)
         spec = job.model_spec()
         head, preparation = make_head(spec, runtime.io), Preparation.of(spec, runtime.io.input, runtime.fixed_size)
         meter.attributable = not runtime.uses_tensorflow
@@ -142,9 +154,10 @@ def infer_shard(job: ShardJob, prefetch: int = 2, alone_in_process: bool = False
     usage = {**asdict(meter.usage), "load_s": round(load_s, 4), "prefetch": prefetch, "pid": os.getpid()}
     document = {"job": asdict(job), "detections": detections, "done_image_ids": done, "failed": failed,
                 "outside_categories": outside, "usage": usage}
-    store.write_json(key, document)
+    data = json.dumps(document).encode()
+    write_recorded(store, key, data)
     return ShardOutput(job.variant, job.shard.index, key, len(done), len(failed), len(detections), outside,
-                       round(meter.usage.wall_s, 3), reused=False, usage=usage)
+                       round(meter.usage.wall_s, 3), reused=False, usage=usage, sha256=sha256_hex(data))
 
 
 def coco_detections(record: ImageRecord, found: Detections, min_score: float) -> list[dict]:
@@ -212,6 +225,6 @@ def run_shard_deployment(job: ShardJob, deployment: str, job_variables: dict, ti
         raise RuntimeError(f"shard flow run {flow_run.name} ended {flow_run.state.type.value if flow_run.state else 'without a state'}")
     output = stored_shard_output(job, store, reused=False, with_failures=True)
     if output is None:
-        raise RuntimeError(f"shard flow run {flow_run.name} completed but stored nothing at {store.url_for(job.output_key())}")
+        raise RuntimeError(f"shard flow run {flow_run.name} completed but stored no usable output at {store.url_for(job.output_key())}")
     get_run_logger().info("%s shard %d: done by flow run %s", job.variant, job.shard.index, flow_run.name)
     return output

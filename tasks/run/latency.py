@@ -108,6 +108,7 @@ def host_info() -> dict:
 
 @task(name="latency", task_run_name="latency-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
 def latency_task(variant: str, model_url: str, images_url: str, records: list[ImageRecord], threads: int, runs: int,
-                 spec: ModelSpec | None = None) -> dict:
+                 spec: ModelSpec | None = None, model_sha256: str = "") -> dict:
+    """``model_sha256``: the digest the model file must have (``tasks.model.runtimes.local_model_path``)."""
     inputs = load_inputs(images_url, records, min(runs, len(records)))
-    return measure_latency(variant, local_model_path(model_url), inputs, threads, runs, spec=spec)
+    return measure_latency(variant, local_model_path(model_url, model_sha256), inputs, threads, runs, spec=spec)

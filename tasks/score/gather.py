@@ -1,10 +1,12 @@
 """Gather: merge a variant's shard outputs into one COCO results JSON in the store.
 
 Publishes only when every shard is present and every image of the dataset is accounted for
-exactly once (either processed or recorded as failed).
+exactly once (either processed or recorded as failed). Each shard output is read only if it still
+has the SHA-256 its shard task checked or wrote (``ShardOutput.sha256``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from prefect import task
@@ -13,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.store.errors import STORE_RETRIES, QuantbenchError
 from tasks.run.inference import ShardOutput
 from tasks.store.object_store import open_store
+from tasks.store.recorded import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,20 @@ class GatheredVariant:
     outside_categories: dict[str, int]  # model class -> detections not in the dataset's categories
 
 
+def checked_shard(store, output: ShardOutput) -> bytes:
+    """The stored output's bytes; QuantbenchError if they are not those its shard task checked or wrote."""
+    data = store.read_bytes(output.key)
+    if sha256_hex(data) != output.sha256:
+        raise QuantbenchError(f"stored shard {store.url_for(output.key)} changed after its shard task checked it (expected sha256 "
+                              f"{output.sha256}, got {sha256_hex(data)}); nothing was published for {output.variant}: rerun to recompute it")
+    return data
+
+
 def gather_variant(variant: str, outputs: list[ShardOutput], expected_image_ids: list[int], store_url: str, run_prefix: str) -> GatheredVariant:
     store = open_store(store_url)
     detections, done, failed, outside = [], [], [], {}
     for output in sorted(outputs, key=lambda o: o.shard_index):
-        stored = store.read_json(output.key)
+        stored = json.loads(checked_shard(store, output))
         detections += stored["detections"]
         done += stored["done_image_ids"]
         failed += stored["failed"]
