@@ -333,7 +333,8 @@ def synthetic():
         _polygon_annotation(6, 3, 3, [[20.4, 20.6, 23.1, 20.6, 23.1, 23.3]]),
     ]
     document = {
-        "images": [{"id": 1, "width": 61, "height": 45}, {"id": 2, "width": 20, "height": 30}, {"id": 3, "width": 128, "height": 96}],
+        "images": [{"id": 1, "file_name": "1.png", "width": 61, "height": 45}, {"id": 2, "file_name": "2.png", "width": 20, "height": 30},
+                   {"id": 3, "file_name": "3.png", "width": 128, "height": 96}],
         "annotations": annotations,
         "categories": [{"id": 1, "name": "shape"}, {"id": 2, "name": "ring"}, {"id": 3, "name": "blob"}],
     }
