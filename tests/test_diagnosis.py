@@ -5,6 +5,7 @@ large channel: its output is mostly lost. The convolutions before and after it q
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,12 @@ import pytest
 from flows.cli import main
 from tasks.data.dataset import load_dataset, make_shards
 from tasks.model.conversion import quantize
-from tasks.model.diagnosis import float_ops_name, float_ops_variant, numeric_errors, rank_ops
+from tasks.model.diagnosis import OpError, float_ops_name, float_ops_variant, numeric_errors, rank_ops
 from tasks.model.tflite_inspect import main_graph
 from tasks.model.variants import describe
 from tasks.run.inference import ShardJob
-from tasks.score.diagnosis import sweep
+from tasks.publish.diagnosis import diagnosis_text
+from tasks.score.diagnosis import OpRecovery, Sweep, sweep
 from tasks.store.object_store import open_store
 from tasks.store.recorded import read_recorded, write_recorded
 from tests.oracle import SCALE, oracle_tables, write_oracle_dataset
@@ -225,3 +227,16 @@ def test_quantbench_diagnose_prints_the_ranking(detector_run, prefect_backend, t
 def test_quantbench_diagnose_refuses_bad_settings_in_one_line(capsys):
     assert main(["diagnose", "--diagnose-ops", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --diagnose-ops: Input should be greater than or equal to 1"
+
+
+def test_the_text_names_a_culprit_only_when_its_recovery_is_significant():
+    error = OpError(40, "CONV_2D", "add_27;Conv2D_14", (1, 40, 40, 4), 34.8, 0.0021, math.inf, True)
+    noisy = OpRecovery(error, "dynamic_wi8_afp32+float_op40", 1_000_500, 0.903, 0.002, [-0.001, 0.006])
+    lines = diagnosis_text(Sweep("dynamic_wi8_afp32", "annotations", 100, 0.902, 0.901, 1_000_000, (noisy,))).splitlines()
+    assert lines[:2] == ["dynamic_wi8_afp32: AP 0.901 vs float32 0.902 (loses 0.001) on 100 images, annotations",
+                         "no op recovers AP significantly on 100 images (no 95% CI of AP recovered lies above 0)"]
+    clear = OpRecovery(error, "dynamic_wi8_afp32+float_op40", 1_000_500, 0.283, 0.082, [0.06, 0.1])
+    lines = diagnosis_text(Sweep("dynamic_wi8_afp32", "annotations", 100, 0.289, 0.201, 1_000_000, (clear,))).splitlines()
+    assert lines[1] == "op 40 CONV_2D add_27;Conv2D_14 holds 93% of it; keeping it float: AP 0.283 at +0.00 MB"
+    assert lines[3].split() == ["40", "CONV_2D", "add_27;Conv2D_14", "1x40x40x4", "34.8", "inf", "0.0021", "0.283", "+0.082",
+                                "[+0.060,", "+0.100]", "+0.5"]
