@@ -240,3 +240,12 @@ def test_the_text_names_a_culprit_only_when_its_recovery_is_significant():
     assert lines[1] == "op 40 CONV_2D add_27;Conv2D_14 holds 93% of it; keeping it float: AP 0.283 at +0.00 MB"
     assert lines[3].split() == ["40", "CONV_2D", "add_27;Conv2D_14", "1x40x40x4", "34.8", "inf", "0.0021", "0.283", "+0.082",
                                 "[+0.060,", "+0.100]", "+0.5"]
+
+
+def test_several_ops_kept_float_in_one_build(models, images, tmp_path):
+    float32, variant = models
+    first, fragile = (row.index for row in numeric_errors(float32, variant, images)[:2])
+    artifact, model = float_ops_variant(open_store(str(tmp_path / "store")), float32, "dynamic_wi8_afp32", [fragile, first])
+    assert artifact.variant == f"dynamic_wi8_afp32+float_ops{first}.{fragile}"
+    assert [row.quantized for row in numeric_errors(float32, model, images) if row.op_type == "CONV_2D"] == [False, False, True]
+    assert len(variant) < artifact.model_bytes < len(float32)
