@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from tasks.store.errors import QuantbenchError, TransientError
 from tasks.score.evaluation import EVAL_BACKENDS
 from tasks.model.spec import HEADS, ModelSpec, heads_text, load_spec_file, parse_spec
+from tasks.model.conversion import QUANTIZER_RECIPES
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS
 
 WEBHOOK_URL_ENV = "QUANTBENCH_WEBHOOK_URL"
@@ -70,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="exit with status 3 (report still published) when the run regressed against the previous comparable run")
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
     run.add_argument("--quiet", action="store_true", help="no progress and no Prefect log lines: only the table and the result lines")
+    diagnose = commands.add_parser("diagnose", help="which op of a quantizer variant loses AP: per-op numeric error vs float32, "
+                                   "then the top ops each kept float and scored (AP recovered, paired bootstrap CI)")
+    diagnose.add_argument("--variant", choices=QUANTIZER_RECIPES, help="the ai-edge-quantizer variant to diagnose (default dynamic_wi8_afp32)")
+    diagnose.add_argument("--diagnose-ops", type=int, help="ops kept float and scored, those adding the most numeric error (default 10)")
+    diagnose.add_argument("--diagnose-images", type=int, help="evaluation images each is scored on, the first N by id (default 100)")
+    diagnose.add_argument("--pseudo-ap", action="store_true", default=None,
+                          help="score against float32's detections (score >= 0.5) instead of the annotations")
+    for option in ("--model", "--model-sha256", "--annotations", "--images", "--store", "--calibration-images", "--spec"):
+        diagnose.add_argument(option, help=f"as for run {option}")
+    for option in ("--workers", "--threads", "--calibration-count", "--bootstrap-resamples"):
+        diagnose.add_argument(option, type=int, help=f"as for run {option}")
+    diagnose.add_argument("--min-score", type=float, help="as for run --min-score")
+    diagnose.add_argument("--head", choices=("auto", *HEADS), help="as for run --head")
+    diagnose.add_argument("--class-ids", choices=("category_id", "index0", "labelmap90"), help="as for run --class-ids")
+    diagnose.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal")
     commands.add_parser("heads", help="list the model heads: the detectors each reads, their input conventions and postprocessing defaults")
     digest = commands.add_parser("digest", help="fetch a model as run does and print its SHA-256 digest (the value for --model-sha256), "
                                  "without loading it")
@@ -125,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "digest":
         return _digest(args.model)
+    if args.command == "diagnose":
+        return _diagnose(args)
     if args.quiet:
         with _native_chatter_off_the_terminal():
             return _run(args)
@@ -168,6 +186,33 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(args, f"{type(error).__name__}: {error}", 1)
     logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
     _print_published(url)
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    """``quantbench diagnose``: run the diagnosis flow and print its table (:mod:`flows.diagnose`)."""
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "head", "spec", "class_ids") and v is not None}
+    try:
+        options["spec"] = _spec(args)
+    except QuantbenchError as error:
+        return _fail(args, str(error), 2)
+    if not args.verbose:
+        _tracebacks_off_the_terminal()
+    try:
+        from flows.diagnose import DiagnoseConfig, diagnose
+        from tasks.publish.diagnosis import diagnosis_text
+
+        result = diagnose(DiagnoseConfig(**options))
+    except ValidationError as error:
+        first = error.errors()[0]
+        print(f"error: --{'.'.join(str(p) for p in first['loc']).replace('_', '-') or 'options'}: {first['msg']}", file=sys.stderr)
+        return 2
+    except QuantbenchError as error:
+        return _fail(args, str(error), 2)
+    except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
+        return _fail(args, f"{type(error).__name__}: {error}", 1)
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    print(diagnosis_text(result.sweep))
     return 0
 
 

@@ -3,6 +3,6 @@
 claims are verified by reading the flatbuffer back (``variants``, ``conversion``,
 ``tflite_inspect``), open an interpreter or TensorFlow runtime on it (``runtimes``), the
 calibration / comparison images (``calibration``) and float32-vs-variant output differences
-(``coverage``).
+(``coverage``) and per op (``diagnosis``, with the variant rebuilt keeping some ops float).
 
 May import: ``tasks.store``, ``tasks.data``."""

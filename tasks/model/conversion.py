@@ -103,9 +103,10 @@ def _fp16_weight_only_recipe():
     return manager.get_quantization_recipe()
 
 
-def quantize(float32_model: bytes, recipe: str) -> bytes:
-    """Apply a LiteRT quantizer recipe to a float32 ``.tflite``."""
-    from ai_edge_quantizer import quantizer, recipe as recipes
+def quantizer_recipe(recipe: str) -> list[dict]:
+    """The ai-edge-quantizer recipe (its list of ``{regex, operation, algorithm_key, op_config}``
+    rules; a later matching rule wins) of one of :data:`QUANTIZER_RECIPES`."""
+    from ai_edge_quantizer import recipe as recipes
 
     builders = {
         "weight_only_wi8_afp32": recipes.weight_only_wi8_afp32,
@@ -114,9 +115,21 @@ def quantize(float32_model: bytes, recipe: str) -> bytes:
     }
     if recipe not in builders:
         raise QuantbenchError(f"unknown quantizer recipe {recipe!r}: choose from {', '.join(builders)}")
+    return builders[recipe]()
+
+
+def quantize_with(float32_model: bytes, rules: list[dict], label: str) -> bytes:
+    """Apply the ai-edge-quantizer recipe ``rules`` to a float32 ``.tflite``; ``label`` names it in errors."""
+    from ai_edge_quantizer import quantizer
+
     engine = quantizer.Quantizer(bytearray(float32_model))
-    engine.load_quantization_recipe(builders[recipe]())
+    engine.load_quantization_recipe(rules)
     try:
         return bytes(engine.quantize(enable_progress_report=False).quantized_model)
     except Exception as error:
-        raise QuantbenchError(f"LiteRT quantizer recipe {recipe} failed: {type(error).__name__}: {str(error)[:300]}") from None
+        raise QuantbenchError(f"LiteRT quantizer recipe {label} failed: {type(error).__name__}: {str(error)[:300]}") from None
+
+
+def quantize(float32_model: bytes, recipe: str) -> bytes:
+    """Apply a LiteRT quantizer recipe (one of :data:`QUANTIZER_RECIPES`) to a float32 ``.tflite``."""
+    return quantize_with(float32_model, quantizer_recipe(recipe), recipe)

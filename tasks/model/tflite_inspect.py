@@ -1,6 +1,9 @@
 """Read a ``.tflite`` flatbuffer without running it: weight bytes per dtype, operators by type,
-Select TF ("Flex") ops. Uses the schema shipped with ``ai_edge_litert``; no TensorFlow needed."""
+Select TF ("Flex") ops, the main subgraph's operators and tensors. Uses the schema shipped with
+``ai_edge_litert``; no TensorFlow needed."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ai_edge_litert import schema_py_generated as schema
 
@@ -117,3 +120,45 @@ def export_metadata(model: bytes) -> dict | None:
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             return None
     return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """One tensor of a subgraph: its name, numpy-style dtype name, and whether it is a constant
+    (backed by a buffer with data: weights, biases, tables)."""
+
+    name: str
+    dtype: str
+    constant: bool
+
+
+@dataclass(frozen=True)
+class GraphOp:
+    """One operator of a subgraph, in execution order: its position, builtin (or custom) name, and
+    the indices of its input and output tensors (optional inputs, -1 in the flatbuffer, left out)."""
+
+    index: int
+    op_type: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+def main_graph(model: bytes) -> tuple[list[GraphOp], list[GraphTensor]]:
+    """The operators (in execution order) and tensors of the model's first (main) subgraph; tensor
+    indices are the interpreter's (``get_tensor(index)``)."""
+    root = _model(model)
+    names = [_operator_name(root.OperatorCodes(i)) for i in range(root.OperatorCodesLength())]
+    subgraph = root.Subgraphs(0)
+    tensors = []
+    for t in range(subgraph.TensorsLength()):
+        tensor = subgraph.Tensors(t)
+        buffer = root.Buffers(tensor.Buffer()) if tensor.Buffer() else None
+        constant = buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1)
+        tensors.append(GraphTensor(tensor.Name().decode(), _TYPE_NAMES.get(tensor.Type(), f"type{tensor.Type()}"), constant))
+    ops = []
+    for o in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(o)
+        ops.append(GraphOp(o, names[operator.OpcodeIndex()],
+                           tuple(i for i in operator.InputsAsNumpy().tolist() if i >= 0) if operator.InputsLength() else (),
+                           tuple(i for i in operator.OutputsAsNumpy().tolist() if i >= 0) if operator.OutputsLength() else ()))
+    return ops, tensors
