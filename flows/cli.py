@@ -151,13 +151,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """``quantbench run``: validate, run the benchmark flow, print the table and the report's URL."""
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "quiet", "head", "spec", "class_ids") and v is not None}
     try:
-        options["spec"] = _spec(args)
+        options = _flow_options(args)
     except QuantbenchError as error:
         return _fail(args, str(error), 2)
-    if not args.verbose:
-        _tracebacks_off_the_terminal()
     if args.quiet:
         from prefect.logging.configuration import setup_logging
 
@@ -171,10 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         validate(config)
         url = benchmark(config)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
-        print(f"error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
-        return 2
+        return _invalid_option(error)
     except RegressionsFound as error:  # the report is published: show it, then say what regressed
         _print_published(error.report_url)
         return _fail(args, f"regressions: {describe(error.regressions)}", 3)
@@ -191,22 +185,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _diagnose(args: argparse.Namespace) -> int:
     """``quantbench diagnose``: run the diagnosis flow and print its table (:mod:`flows.diagnose`)."""
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "head", "spec", "class_ids") and v is not None}
     try:
-        options["spec"] = _spec(args)
+        options = _flow_options(args)
     except QuantbenchError as error:
         return _fail(args, str(error), 2)
-    if not args.verbose:
-        _tracebacks_off_the_terminal()
     try:
         from flows.diagnose import DiagnoseConfig, diagnose
         from tasks.publish.diagnosis import diagnosis_text
 
         result = diagnose(DiagnoseConfig(**options))
     except ValidationError as error:
-        first = error.errors()[0]
-        print(f"error: --{'.'.join(str(p) for p in first['loc']).replace('_', '-') or 'options'}: {first['msg']}", file=sys.stderr)
-        return 2
+        return _invalid_option(error)
     except QuantbenchError as error:
         return _fail(args, str(error), 2)
     except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
@@ -214,6 +203,26 @@ def _diagnose(args: argparse.Namespace) -> int:
     logging.getLogger("prefect").setLevel(logging.WARNING)
     print(diagnosis_text(result.sweep))
     return 0
+
+
+def _flow_options(args: argparse.Namespace) -> dict:
+    """The flow config's fields from the command line (options not given left to the config's
+    defaults; ``spec`` built from --spec/--head/--class-ids); tracebacks off the terminal unless
+    --verbose. QuantbenchError for a bad spec."""
+    cli_only = ("command", "verbose", "quiet", "head", "spec", "class_ids")
+    options = {k: v for k, v in vars(args).items() if k not in cli_only and v is not None}
+    options["spec"] = _spec(args)
+    if not args.verbose:
+        _tracebacks_off_the_terminal()
+    return options
+
+
+def _invalid_option(error: ValidationError) -> int:
+    """One line naming the first invalid option as the command line spells it; exit status 2."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "options"
+    print(f"error: --{where.replace('_', '-')}: {first['msg']}", file=sys.stderr)
+    return 2
 
 
 def _digest(source: str) -> int:

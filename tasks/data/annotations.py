@@ -174,14 +174,20 @@ def _segmentation(value) -> bool:
     return False
 
 
+def _unique_id(item: dict, path: str, kind: str, seen: set[int]) -> None:
+    """``item``'s integer ``id``, added to ``seen``; ShapeError when it is missing, not an integer,
+    or already in ``seen``."""
+    item_id = _field(item, path, "id", _is_int, "an integer")
+    if item_id in seen:
+        raise ShapeError(f"{path}.id", f"repeats {kind} id {item_id}")
+    seen.add(item_id)
+
+
 def _check_images(images: list) -> None:
     seen: set[int] = set()
     for n, image in enumerate(images):
         path = f"$.images[{n}]"
-        image_id = _field(image, path, "id", _is_int, "an integer")
-        if image_id in seen:
-            raise ShapeError(f"{path}.id", f"repeats image id {image_id}")
-        seen.add(image_id)
+        _unique_id(image, path, "image", seen)
         _field(image, path, "file_name", _is_file_name, "a non-empty string")
         for key in ("width", "height"):
             _field(image, path, key, _is_positive_int, "a whole number of pixels above 0")
@@ -217,10 +223,7 @@ def _check_categories(categories: list) -> None:
     seen: set[int] = set()
     for n, category in enumerate(categories):
         path = f"$.categories[{n}]"
-        category_id = _field(category, path, "id", _is_int, "an integer")
-        if category_id in seen:
-            raise ShapeError(f"{path}.id", f"repeats category id {category_id}")
-        seen.add(category_id)
+        _unique_id(category, path, "category", seen)
         _field(category, path, "name", _is_str, "a string")
 
 
