@@ -18,9 +18,11 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from flows.diagnosis import diagnosis_stage
 from tasks.data.dataset import load_dataset, make_shards
 from tasks.model.calibration import calibration_files, calibration_task, comparison_inputs
 from tasks.model.checks import already_quantized, check_variants, model_input, model_io, model_spec, variants_for
+from tasks.model.conversion import QUANTIZER_RECIPES
 from tasks.model.coverage import compare_task
 from tasks.model.preprocess import Preparation
 from tasks.model.sources import ResolvedModel, resolve_model, shown
@@ -36,12 +38,14 @@ from tasks.run.latency import host_info, latency_task
 from tasks.run.progress import follow as follow_progress
 from tasks.run.usage import StageClock, StageMeter, inference_summary, run_stages
 from tasks.score.evaluation import EVAL_BACKENDS, evaluate_task, require_backend
+from tasks.score.diagnosis import store_name
 from tasks.score.gather import gather_variant_task
 from tasks.score.significance import significance_task
 from tasks.store.errors import QuantbenchError
 from tasks.store.object_store import cache_dir, open_store
 
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
+Diagnosable = Literal[QUANTIZER_RECIPES]  # type: ignore[valid-type]
 
 
 # Settings that decide where and how a run executes, or only check its input (the model's pin: the
@@ -84,6 +88,9 @@ class BenchmarkConfig(BaseModel):
     eval_backend: Literal[EVAL_BACKENDS] = Field("pycocotools", title="Evaluation backend", description="pycocotools (the reference) or faster-coco-eval (pip install 'quantbench[fast-eval]'; same matching in C++, ~4x faster here; stats equal to the last bit).")  # type: ignore[valid-type]
     grid_intensity: str | None = Field(None, title="Grid carbon intensity", description="For gCO2e per image: empty for the world average (475 gCO2e/kWh), a 3-letter ISO country code (FRA, DEU, USA …) or gCO2e/kWh as a number.")
     regression_latency_rise: float = Field(1.5, ge=0, title="Regression: latency rise", description="Latency p50 rise beyond this fraction (1.5: 2.5 times as slow) with no overlapping timing round is a regression; keep it above this machine's run-to-run spread.")
+    diagnose: Diagnosable | None = Field(None, title="Diagnose variant", description="Which op of this quantized variant loses AP (added to the variants if missing): every op's numeric error vs float32, the ops adding the most each kept float and scored (AP recovered, paired bootstrap CI), and the recovered recipe '<variant>+float_k' benchmarked as a variant of this run. Empty: no diagnosis.")
+    diagnose_ops: int = Field(10, ge=1, title="Diagnosis: ops swept", description="The ops adding the most numeric error, each kept float in turn and scored (one task each).")
+    diagnose_images: int = Field(100, ge=1, title="Diagnosis: images scored", description="The first N evaluation images (by id) each kept-float model is scored on.")
 
     def resolved(self) -> "BenchmarkConfig":
         """This config with the store decided here and now (empty: :func:`default_store`)."""
@@ -139,7 +146,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         io = model_io(model)
         spec = model_spec(config.spec, io, shown(model.source))
         quantized = already_quantized(model, io)
-        variants = variants_for(model, list(config.variants), quantized)
+        variants = variants_for(model, list(config.variants), quantized, config.diagnose)
         check_variants(model, variants, calibration_images, quantized)
         preparation = Preparation.of(spec, io.input, io.input_size)
         dataset = load_dataset(annotations, images, config.limit)
@@ -163,9 +170,18 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
             elif variant != "float32":
                 artifacts[variant] = convert_variant(str(model.path), model.digest, variant, config.store, artifacts.get("float32"), calibration)
 
+    diagnosis = None
+    if config.diagnose:
+        with clock("diagnosis"):
+            diagnosis = diagnosis_stage(config, annotations, images, model.digest, spec, artifacts["float32"], artifacts[config.diagnose],
+                                        calibration)
+        if diagnosis.recovered:  # benchmarked in full, as a variant of this run
+            artifacts[diagnosis.recovered.variant] = diagnosis.recovered
+            variants.append(diagnosis.recovered.variant)
+
     classes_to_ids = label_map(spec.postprocess.classes, dataset.category_ids)
     jobs = [
-        ShardJob(v, artifacts[v].url, model.digest, dataset.annotations_digest, dataset.images_url, shard, config.store,
+        ShardJob(store_name(v), artifacts[v].url, model.digest, dataset.annotations_digest, dataset.images_url, shard, config.store,
                  config.threads, config.min_score, dataset.category_ids, classes_to_ids, spec_summary(spec), artifacts[v].sha256)
         for shard in shards  # shard-major: a shard's variants run close together and share its decoded images
         for v in variants
@@ -189,9 +205,9 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     expected_ids = [record.id for record in dataset.images]
     results, per_image = [], {}
     for variant in variants:
-        variant_outputs = [o for o in outputs if o.variant == variant]
+        variant_outputs = [o for o in outputs if o.variant == store_name(variant)]
         with clock("gather"):
-            gathered = gather_variant_task(variant, variant_outputs, expected_ids, config.store, run_prefix)
+            gathered = gather_variant_task(store_name(variant), variant_outputs, expected_ids, config.store, run_prefix)
         if not gathered.done_image_ids:
             first = gathered.failed[0]
             raise QuantbenchError(
@@ -223,14 +239,14 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
                                                "spec", "calibration_count", "execution", "shard_deployment", "bootstrap_resamples",
                                                "fail_on_regression", "regression_ap_drop", "regression_size_growth", "grid_intensity", "eval_backend",
-                                               "regression_latency_rise"}),
+                                               "regression_latency_rise", "diagnose", "diagnose_ops", "diagnose_images"}),
         "host": host,
         "energy": energy,
     }
     with clock("significance"):
         significance = significance_task(per_image, config.bootstrap_resamples)
     with clock("report"):
-        report = build_report(run, results, significance)
+        report = build_report(run, results, significance, diagnosis.report if diagnosis else None)
         thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)
         report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
                                                                          thresholds, config.bootstrap_resamples)
@@ -258,7 +274,7 @@ def validate(config: BenchmarkConfig) -> None:
     io = model_io(model)
     model_spec(config.spec, io, shown(model.source))
     quantized = already_quantized(model, io)
-    check_variants(model, variants_for(model, list(config.variants), quantized), calibration_images, quantized)
+    check_variants(model, variants_for(model, list(config.variants), quantized, config.diagnose), calibration_images, quantized)
     dataset = load_dataset(annotations, images, config.limit)
     if calibration_images:
         calibration_files(calibration_images, config.calibration_count, dataset)

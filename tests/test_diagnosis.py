@@ -249,3 +249,58 @@ def test_several_ops_kept_float_in_one_build(models, images, tmp_path):
     assert artifact.variant == f"dynamic_wi8_afp32+float_ops{first}.{fragile}"
     assert [row.quantized for row in numeric_errors(float32, model, images) if row.op_type == "CONV_2D"] == [False, False, True]
     assert len(variant) < artifact.model_bytes < len(float32)
+
+
+def diagnose_op_task_runs(since) -> list[str]:
+    """Names of the ``diagnose-op`` task runs started after ``since`` (this test's), from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="diagnose-op-"),
+                                                                   start_time=TaskRunFilterStartTime(after_=since)))
+    return sorted(run.name for run in runs)
+
+
+def test_a_run_with_diagnose_benchmarks_the_recovered_recipe_and_reports_the_diagnosis(detector_run, prefect_backend, tmp_path, capsys):
+    from datetime import datetime, timezone
+
+    artifacts, job, _ = detector_run
+    model = tmp_path / "fragile.tflite"
+    float32 = read_recorded(open_store(job.store_url), "models/fragile/float32.tflite")
+    model.write_bytes(float32)
+    ops, _ = main_graph(float32)
+    convolution_outputs = {o for op in ops if op.op_type == "CONV_2D" for o in op.outputs}
+    fragile, = (op.index for op in ops if op.op_type == "CONV_2D" and convolution_outputs & set(op.inputs))
+    annotations = next(Path(job.images_url).glob("*.json"))
+    store = tmp_path / "store"
+    arguments = ["run", "--model", str(model), "--annotations", str(annotations), "--images", job.images_url, "--store", str(store),
+                 "--variants", "float32", "--diagnose", "dynamic_wi8_afp32", "--diagnose-ops", "2", "--bootstrap-resamples", "20",
+                 "--latency-images", "3", "--quiet"]
+    started = datetime.now(timezone.utc)
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    report = json.loads(next(store.glob("runs/*/report.json")).read_text())
+    recovered = "dynamic_wi8_afp32+float_1"
+    rows = {row["variant"]: row for row in report["variants"]}
+    assert list(rows) == ["float32", "dynamic_wi8_afp32", recovered]  # the diagnosed variant added, the recipe after it
+    diagnosis = report["diagnosis"]
+    assert diagnosis["variant"] == "dynamic_wi8_afp32" and diagnosis["reference"] == "annotations"
+    indices = [row["index"] for row in diagnosis["errors"]]
+    assert diagnosis["images"] == len(ORACLE_SIZES) and fragile in indices and indices == sorted(indices)  # network order
+    assert diagnosis["ops"][0]["index"] == fragile and diagnosis["ops"][0]["ci"][0] > 0
+    assert diagnosis["recovered_variant"]["variant"] == recovered and diagnosis["recovered_variant"]["ops"] == [fragile]
+    assert diagnosis["cost_s"]["ops"] == 2 and diagnosis["summary"] in out
+    # the recovered recipe, benchmarked in full: float32's AP back, smaller than float32, its CI vs float32 spans 0
+    assert rows[recovered]["bbox"]["AP"] >= rows["float32"]["bbox"]["AP"] - 0.05 > rows["dynamic_wi8_afp32"]["bbox"]["AP"]
+    assert rows["dynamic_wi8_afp32"]["model_bytes"] < rows[recovered]["model_bytes"] < rows["float32"]["model_bytes"]
+    assert rows[recovered]["latency_ms"]["p50"] > 0
+    assert diagnose_op_task_runs(started) == sorted(f"diagnose-op-{row['index']}-{row['op_type']}" for row in diagnosis["ops"])
+
+    built = {path: path.stat().st_mtime_ns for path in (store / "models" / "diagnosis").rglob("*.tflite")}
+    assert len(built) == 2  # one per swept op; the recovered recipe keeps one op float: the same build as its sweep's
+    assert main(arguments) == 0  # a rerun reuses every build and shard
+    assert {path: path.stat().st_mtime_ns for path in (store / "models" / "diagnosis").rglob("*.tflite")} == built
+    again = json.loads(next(store.glob("runs/*/report.json")).read_text())
+    assert again["shards"]["computed"] == 0 and again["diagnosis"]["ops"] == [
+        {**row, "build_s": again_row["build_s"], "score_s": again_row["score_s"]} for row, again_row in zip(diagnosis["ops"], again["diagnosis"]["ops"])]

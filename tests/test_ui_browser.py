@@ -186,7 +186,7 @@ def test_a_custom_run_from_the_ui_completes_and_shows_its_report_artifacts(clust
         page.get_by_role("menuitem", name="Custom run").click()
 
         # The flow's one parameter `config`, rendered as a nested form titled by the pydantic fields.
-        for title in ("Variants", "Image limit", "Results store", "Execution", "Fail on regression"):
+        for title in ("Variants", "Image limit", "Results store", "Execution", "Fail on regression", "Diagnose variant"):
             sync_api.expect(field(page, title)).to_be_visible()
         limit = field(page, "Image limit")
         choose_type(limit, "int")

@@ -62,12 +62,14 @@ def already_quantized(model: ResolvedModel, io: ModelIO) -> bool:
     return quantized_io or quantized_share(weights_by_dtype(Path(model.path).read_bytes())) > 0
 
 
-def variants_for(model: ResolvedModel, requested: list[str], quantized: bool) -> list[str]:
+def variants_for(model: ResolvedModel, requested: list[str], quantized: bool, diagnosed: str | None = None) -> list[str]:
     """The variants to run, in report order: ``requested``; the default four, for a ``.tflite``,
     mean that file's own defaults (:data:`FLOAT_TFLITE_VARIANTS`, or ``given`` when it is already
-    quantized)."""
+    quantized); plus the ``diagnosed`` variant (and float32, its reference) when a diagnosis is asked."""
     if model.kind == "tflite" and tuple(requested) == DEFAULT_VARIANTS:
         requested = list(GIVEN_VARIANTS if quantized else FLOAT_TFLITE_VARIANTS)
+    if diagnosed:
+        requested = [*requested, "float32", diagnosed]
     return [v for v in VARIANTS if v in requested]
 
 

@@ -23,6 +23,9 @@ Quantizer recipes (``ai_edge_quantizer.Quantizer`` on the float32 ``.tflite``):
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -118,6 +121,10 @@ def quantizer_recipe(recipe: str) -> list[dict]:
     return builders[recipe]()
 
 
+# redirect_stderr swaps the process-wide sys.stderr: one quantization at a time may swap it.
+_QUANTIZER_STDERR = threading.Lock()
+
+
 def quantize_with(float32_model: bytes, rules: list[dict], label: str) -> bytes:
     """Apply the ai-edge-quantizer recipe ``rules`` to a float32 ``.tflite``; ``label`` names it in errors."""
     from ai_edge_quantizer import quantizer
@@ -125,7 +132,10 @@ def quantize_with(float32_model: bytes, rules: list[dict], label: str) -> bytes:
     engine = quantizer.Quantizer(bytearray(float32_model))
     engine.load_quantization_recipe(rules)
     try:
-        return bytes(engine.quantize(enable_progress_report=False).quantized_model)
+        # ai-edge-quantizer 0.10.0 draws a tqdm bar on sys.stderr for models of >= 100 tensors even with
+        # enable_progress_bar=False (its Quantizer does not pass the flag on to the graph transformation).
+        with _QUANTIZER_STDERR, contextlib.redirect_stderr(io.StringIO()):
+            return bytes(engine.quantize(enable_progress_report=False, enable_progress_bar=False).quantized_model)
     except Exception as error:
         raise QuantbenchError(f"LiteRT quantizer recipe {label} failed: {type(error).__name__}: {str(error)[:300]}") from None
 

@@ -26,14 +26,16 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.model.conversion import QUANTIZER_RECIPES, quantize_with, quantizer_recipe
 from tasks.model.tflite_inspect import GraphOp, GraphTensor, main_graph
-from tasks.model.variants import ModelArtifact, describe
-from tasks.store.errors import QuantbenchError
+from tasks.model.variants import ModelArtifact, describe, float32_model, verify_variant
+from tasks.store.errors import STORE_RETRIES, QuantbenchError
 from tasks.store.recorded import UnverifiedObject, read_recorded, write_recorded
 
 logger = logging.getLogger(__name__)
@@ -253,3 +255,26 @@ def float_ops_variant(store, float32_model: bytes, variant: str, ops: Sequence[i
         model = quantize_with(float32_model, rules, name)
         write_recorded(store, key, model)
     return describe(name, model, store.url_for(key)), model
+
+
+@task(name="numeric-errors", task_run_name="numeric-errors-{variant.variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
+def numeric_errors_task(float32: ModelArtifact, variant: ModelArtifact, batches: Sequence[np.ndarray]) -> list[OpError]:
+    """:func:`numeric_errors` of two converted variants, read from the store (digests checked)."""
+    return numeric_errors(float32_model(float32), float32_model(variant), batches)
+
+
+def recovered_name(variant: str, ops: Sequence[int]) -> str:
+    """The recovered recipe's variant name: ``dynamic_wi8_afp32+float_2`` (two ops kept float)."""
+    return f"{variant}+float_{len(set(ops))}"
+
+
+@task(name="recovered-variant", task_run_name="build-{variant}-float-{ops}", cache_policy=NO_CACHE, **STORE_RETRIES)
+def recovered_variant_task(store_url: str, float32: ModelArtifact, variant: str, ops: list[int]) -> ModelArtifact:
+    """The variant with ``ops`` kept float, named by :func:`recovered_name`, built (or reused) and
+    checked like every variant: it must hold the variant's quantized weights and be smaller than float32."""
+    from tasks.store.object_store import open_store
+
+    artifact, _ = float_ops_variant(open_store(store_url), float32_model(float32), variant, ops)
+    artifact = replace(artifact, variant=recovered_name(variant, ops))
+    verify_variant(artifact.variant, artifact.weights_by_dtype, artifact.model_bytes, float32.model_bytes)
+    return artifact

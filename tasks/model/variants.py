@@ -146,7 +146,7 @@ def verify_variant(variant: str, weights_by_dtype: dict[str, int], model_bytes: 
     """
     if variant == "given":
         return  # benchmarked as it is: it claims nothing
-    claimed = CLAIMED_WEIGHT_DTYPE[variant]
+    claimed = CLAIMED_WEIGHT_DTYPE[variant.split("+")[0]]  # a recovered recipe (variant+float_k) claims its base's
     if weights_by_dtype.get(claimed, 0) == 0:
         raise QuantbenchError(
             f"variant {variant} has no {claimed} weights (weights by dtype: {weights_by_dtype or 'none'}); "

@@ -18,6 +18,7 @@ from tasks.store.errors import STORE_RETRIES
 from tasks.score.gather import GatheredVariant
 from tasks.publish.history import delta_text, write_history
 from tasks.model.variants import VARIANTS, ModelArtifact
+from tasks.publish.diagnosis import diagnosis_summary
 from tasks.store.object_store import open_store
 
 BBOX_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -92,13 +93,22 @@ def difference(value: float | None, reference: float | None) -> float | None:
     return None if value is None or reference is None else value - reference
 
 
-def build_report(run: dict, results: list[VariantResult], significance: dict | None = None) -> dict:
-    """``run`` (id, model, dataset, settings, host) plus one entry per variant, in VARIANTS order;
-    ``significance[variant]`` is its paired bootstrap vs float32 (absent: no CI)."""
+def report_order(variant: str) -> tuple[int, str]:
+    """Where a variant's row goes: VARIANTS order, a recovered recipe (``base+float_k``) after its base."""
+    return VARIANTS.index(variant.split("+")[0]), variant
+
+
+def build_report(run: dict, results: list[VariantResult], significance: dict | None = None, diagnosis: dict | None = None) -> dict:
+    """``run`` (id, model, dataset, settings, host) plus one entry per variant (:func:`report_order`);
+    ``significance[variant]`` is its paired bootstrap vs float32 (absent: no CI); ``diagnosis``
+    (``tasks.score.diagnosis.sweep_report``), when one was asked, with its summary line."""
     by_variant = {r.artifact.variant: r for r in results}
-    ordered = [by_variant[v] for v in VARIANTS if v in by_variant]
+    ordered = [by_variant[v] for v in sorted(by_variant, key=report_order)]
     significance = significance or {}
-    return {**run, "variants": [variant_entry(r, by_variant.get("float32"), significance.get(r.artifact.variant)) for r in ordered]}
+    report = {**run, "variants": [variant_entry(r, by_variant.get("float32"), significance.get(r.artifact.variant)) for r in ordered]}
+    if diagnosis is not None:
+        report["diagnosis"] = {**diagnosis, "summary": diagnosis_summary(diagnosis)}
+    return report
 
 
 def report_table(report: dict) -> pd.DataFrame:
