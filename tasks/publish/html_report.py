@@ -2,7 +2,9 @@
 
 :func:`render_html` embeds the plots of :func:`tasks.publish.plots.render_plots` as ``data:`` URIs (SVG
 where there is one, else PNG): the page loads nothing from anywhere and runs no script. Every
-string taken from the report is HTML-escaped. :func:`summary_markdown` is the few lines of a
+string taken from the report is HTML-escaped. A report with a ``diagnosis`` (issue 19) gets a
+Diagnosis section: its summary line and swept ops' table (worded by :mod:`tasks.publish.diagnosis`)
+and its two plots. :func:`summary_markdown` is the few lines of a
 Prefect markdown artifact: size and speed vs float32, ΔAP with its 95% CI and whether the loss is
 significant, failures, regressions and links.
 
@@ -17,6 +19,7 @@ import math
 from collections.abc import Iterable
 
 
+from tasks.publish.diagnosis import cost_text, diagnosis_summary, op_cells, recovered_text
 from tasks.publish.history import delta_text
 from tasks.publish.plots import MB, metric_text, ms_text, run_title
 from tasks.publish.report import report_table
@@ -30,6 +33,15 @@ PLOTS = (  # (file name without extension, caption), in page order
     ("category_delta_ap", "Per-category ΔAP vs float32, the most hurt categories first."),
     ("history_ap", "AP and ΔAP vs float32 over the runs on this dataset; this run's regressions circled."),
 )
+DIAGNOSIS_PLOTS = (  # shown in the Diagnosis section, not under Plots
+    ("diagnosis_error", ("Numeric error along the network: per op (network order), the SQNR vs float32 of its output (grey) and of "
+                         "the noise it adds itself (blue), in dB, lower = more error; an op with no error (∞ dB) is a triangle near the "
+                         "top edge. Red lines: the swept ops.")),
+    ("diagnosis_recovery", ("AP recovered by keeping each swept op float alone, with its paired bootstrap 95% CI (green: CI above 0); "
+                            "dashed: the AP the variant loses.")),
+)
+DIAGNOSIS_COLUMNS = ("op", "type", "tensor", "shape", "SQNR dB", "own SQNR dB", "NRMSE", "AP with op float", "AP recovered [95% CI]",
+                     "size change kB")
 IMAGE_TYPES = (("svg", "image/svg+xml"), ("png", "image/png"))
 TABLE_NOTE = ("size_MB: model file (the SavedModel directory for saved_model), MB = 10^6 bytes; x_fp32: size relative "
               "to float32; lat_*: invoke() latency in ms; post_ms: reading the outputs, the head's decode and NMS, p50 ms per image; img_per_s: 1000 / mean latency; pipeline_img_s: images per second of the "
@@ -356,20 +368,66 @@ def _settings(report: dict) -> str:
     return _definitions(sorted((report.get("settings") or {}).items()))
 
 
+def _plot_figure(plots: dict[str, bytes], name: str, caption: str) -> str:
+    """The plot ``name`` as an ``<img>`` with a data: URI (SVG preferred over PNG), or "" when absent."""
+    for extension, mime in IMAGE_TYPES:
+        if f"{name}.{extension}" in plots:
+            data = base64.b64encode(plots[f"{name}.{extension}"]).decode()
+            return (f'<figure id="plot-{_e(name)}"><img alt="{_e(name)}" src="data:{mime};base64,{data}">'
+                    f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return ""
+
+
 def _figures(plots: dict[str, bytes]) -> str:
-    """Each plot as an ``<img>`` with a data: URI (SVG preferred over PNG), known plots first."""
+    """Each plot but the diagnosis's, known plots first."""
     known = [name for name, _ in PLOTS]
-    others = sorted({name.rsplit(".", 1)[0] for name in plots} - set(known))
+    others = sorted({name.rsplit(".", 1)[0] for name in plots} - set(known) - {name for name, _ in DIAGNOSIS_PLOTS})
     captions = dict(PLOTS)
-    parts = []
-    for name in known + others:
-        for extension, mime in IMAGE_TYPES:
-            if f"{name}.{extension}" in plots:
-                data = base64.b64encode(plots[f"{name}.{extension}"]).decode()
-                parts.append(f'<figure id="plot-{_e(name)}"><img alt="{_e(name)}" src="data:{mime};base64,{data}">'
-                             f"<figcaption>{_e(captions.get(name, name))}</figcaption></figure>")
-                break
-    return "".join(parts) or "<p>No plots.</p>"
+    return "".join(_plot_figure(plots, name, captions.get(name, name)) for name in known + others) or "<p>No plots.</p>"
+
+
+def _recovered_results(report: dict, variant: str) -> str:
+    """`` Benchmarked in this run: AP 0.283, ΔAP vs float32 … , 1.19 MB.`` when the variant is a row of the report."""
+    entry = next((e for e in report["variants"] if e["variant"] == variant), None)
+    if entry is None:
+        return ""
+    ap, size = _finite((entry.get("bbox") or {}).get("AP")), _finite(entry.get("model_bytes"))
+    return (f" Benchmarked in this run: AP {'n/a' if ap is None or ap < 0 else f'{ap:.3f}'}, "
+            f"{_delta_phrase('ΔAP vs float32', entry.get('delta_AP_vs_float32'), entry.get('delta_AP_vs_float32_ci'))}, "
+            f"{'n/a' if size is None else f'{size / MB:.2f} MB'}.")
+
+
+def _number_text(value) -> str:
+    number = _finite(value)
+    return "n/a" if number is None else f"{number:.3f}"
+
+
+def _diagnosis(report: dict, plots: dict[str, bytes]) -> str:
+    """The op diagnosis of one variant: its summary line, the numbers it rests on, the swept ops'
+    table, the recovered variant (or why none was made) and the diagnosis plots."""
+    diagnosis = report["diagnosis"]
+    size = _finite(diagnosis.get("variant_bytes"))
+    context = (f"Each op's output in {diagnosis['variant']} compared with float32 ({len(diagnosis.get('errors') or [])} ops); "
+               f"the {len(diagnosis.get('ops') or [])} ops adding the most error each kept float alone and scored on the first "
+               f"{diagnosis['images']} evaluation images (reference: {diagnosis['reference']}): float32 AP "
+               f"{_number_text(diagnosis.get('float32_ap'))}, {diagnosis['variant']} AP {_number_text(diagnosis.get('variant_ap'))}"
+               f"{'' if size is None else f' ({size / MB:.2f} MB)'}. AP recovered = AP with the op kept float − the variant's AP, "
+               "with its paired bootstrap 95% CI over the images; recoveries of different ops do not add up.")
+    rows = []
+    for op in diagnosis.get("ops") or []:
+        cells = op_cells(op)
+        ci = op.get("ci")
+        style = "gain" if ci and ci[0] > 0 else "n"
+        rows.append([_td(cells[0]), _td(cells[1]), f"<td><code>{_e(cells[2])}</code></td>", _td(cells[3]),
+                     *(f'<td class="n">{_e(cell)}</td>' for cell in cells[4:8]), f'<td class="n {style}">{_e(cells[8])}</td>',
+                     f'<td class="n">{_e(cells[9])}</td>'])
+    recovered = diagnosis.get("recovered_variant")
+    line = recovered_text(diagnosis) + "." + (_recovered_results(report, recovered["variant"]) if recovered else "")
+    cost = cost_text(diagnosis)
+    figures = "".join(_plot_figure(plots, name, caption) for name, caption in DIAGNOSIS_PLOTS)
+    return (f'<p id="diagnosis-summary"><strong>{_e(diagnosis_summary(diagnosis))}</strong></p><p class="muted">{_e(context)}</p>'
+            + _table([_e(h) for h in DIAGNOSIS_COLUMNS], rows, "diagnosis") + f"<p>{_e(line)}</p>"
+            + (f'<p class="muted">{_e(cost)}</p>' if cost else "") + figures)
 
 
 def render_html(report: dict, plots: dict[str, bytes]) -> str:
@@ -378,6 +436,7 @@ def render_html(report: dict, plots: dict[str, bytes]) -> str:
     sections = [
         ("Summary vs float32", f"<p>{_e(run_title(report))}</p>" + _summary(report)),
         ("Results", _results(report)),
+        *([("Diagnosis", _diagnosis(report, plots))] if report.get("diagnosis") else []),
         ("Regressions", _regressions(report)),
         ("Failures", _failures(report)),
         ("Plots", _figures(plots)),

@@ -17,6 +17,10 @@ Files (PNG; the scatter plots as SVG too):
   report has no ``times_ms``).
 - ``history_ap``: AP and ΔAP vs float32 over the runs on the same dataset, this run's regressions
   marked (only with at least 2 such runs).
+- ``diagnosis_error`` (PNG and SVG, only with ``report["diagnosis"]``): SQNR in dB of each op's output
+  and of the noise it adds itself, vs float32, in network order; the swept ops marked.
+- ``diagnosis_recovery`` (PNG and SVG, likewise): AP recovered by keeping each swept op float, with
+  its 95% CI, against the AP the variant loses.
 """
 from __future__ import annotations
 
@@ -94,6 +98,9 @@ def _figures(report: dict, history: pd.DataFrame | None, colors: dict[str, str])
     runs = None if history is None or history.empty else comparable_history(report, history)
     if runs is not None and runs["run_id"].nunique() >= 2:
         yield "history_ap", history_ap(report, runs, colors), False
+    if report.get("diagnosis"):
+        yield "diagnosis_error", diagnosis_error(report), True
+        yield "diagnosis_recovery", diagnosis_recovery(report), True
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -597,3 +604,107 @@ def regression_text(regression: dict) -> str:
     metric = str(regression.get("metric"))
     return (f"{regression.get('variant')} {metric} {metric_text(metric, regression.get('previous'))} → "
             f"{metric_text(metric, regression.get('current'))}")
+
+
+# --- op diagnosis (issue 19) --------------------------------------------------------------------
+
+SIGNIFICANT = "#1b7a1b"
+
+
+def _sqnr_series(ax: Axes, errors: list[dict], key: str, style: dict, label: str) -> None:
+    """One SQNR series (dB) per op index, the ops with a finite value only."""
+    finite = [(e["index"], e[key]) for e in errors if _delta(e.get(key)) is not None]
+    if finite:
+        ax.plot(*zip(*finite), label=label, **style)
+
+
+def _no_error(ax: Axes, errors: list[dict], key: str, height: float, color: str, label: str) -> None:
+    """The ops whose ``key`` is None (no error: infinite SQNR) as triangles at ``height`` (axes fraction)."""
+    infinite = [e["index"] for e in errors if e.get(key) is None]
+    if infinite:
+        top = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+        ax.plot(infinite, [height] * len(infinite), ls="", marker="^", ms=6, color=color, transform=top, clip_on=False, label=label)
+
+
+def _sqnr_limits(ax: Axes, errors: list[dict]) -> None:
+    """y limits (dB) leaving the top quarter free for the no-error triangles and the swept ops' labels."""
+    values = [e[key] for e in errors for key in ("sqnr_db", "own_sqnr_db") if _delta(e.get(key)) is not None]
+    if not values:
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no op output differs from float32", transform=ax.transAxes, ha="center", va="center")
+        return
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    ax.set_ylim(low - 0.05 * span, high + 0.4 * span)
+
+
+def diagnosis_error(report: dict) -> Figure:
+    """Per compared op (x: op index, network order): the SQNR of its output vs float32 (grey line)
+    and of the noise it adds itself (blue dots, filled when the op reads a quantized weight), in dB;
+    lower means more error. No error (None: infinite SQNR) is drawn as a triangle near the top edge
+    (own SQNR above output SQNR). The swept ops get a red vertical line, numbered under the triangles."""
+    diagnosis = report["diagnosis"]
+    errors = sorted(diagnosis.get("errors") or [], key=lambda e: e["index"])
+    figure = _figure(9.5, 5.0)
+    ax = figure.add_subplot()
+    own = {"color": "#1f77b4", "ls": "", "marker": "o", "ms": 5}
+    _sqnr_series(ax, errors, "sqnr_db", {"color": "0.55", "lw": 1.0, "marker": ".", "ms": 4}, "output SQNR")
+    _sqnr_series(ax, [e for e in errors if e.get("quantized")], "own_sqnr_db", own, "own SQNR (noise the op adds), quantized weight")
+    _sqnr_series(ax, [e for e in errors if not e.get("quantized")], "own_sqnr_db", {**own, "mfc": "none"},
+                 "own SQNR, float weights or none")
+    _no_error(ax, errors, "own_sqnr_db", 0.97, "#1f77b4", "own SQNR: no error (∞ dB)")
+    _no_error(ax, errors, "sqnr_db", 0.92, "0.55", "output SQNR: no error (∞ dB)")
+    _sqnr_limits(ax, errors)
+    top = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for op in diagnosis.get("ops") or []:
+        ax.axvline(op["index"], color=REGRESSION, lw=0.9, alpha=0.6, zorder=0)
+        ax.text(op["index"], 0.88, f"{op['index']} ", transform=top, rotation=90, color=REGRESSION, fontsize=8, ha="center", va="top")
+    ax.plot([], [], color=REGRESSION, lw=0.9, alpha=0.6, label="swept op (kept float alone and scored)")
+    ax.set_xlabel("op index (network order, main subgraph)")
+    ax.set_ylabel("SQNR vs float32 (dB; lower = more error)")
+    ax.set_title(f"Numeric error per op: {diagnosis['variant']} vs float32, {len(errors)} ops compared\n{run_title(report)}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
+    return figure
+
+
+def _op_label(op: dict) -> str:
+    return f"op {op['index']} {op['op_type']}"
+
+
+def diagnosis_recovery(report: dict) -> Figure:
+    """Per swept op (most AP recovered on top): the AP recovered by keeping it float alone (AP units)
+    with its paired bootstrap 95% CI as whiskers, green when the CI lies above 0; a dashed line at
+    the AP the variant loses (full recovery). Ops whose AP is undefined are named under the axis."""
+    diagnosis = report["diagnosis"]
+    ops = diagnosis.get("ops") or []
+    shown = [op for op in ops if _delta(op.get("recovered")) is not None]
+    missing = [_op_label(op) for op in ops if _delta(op.get("recovered")) is None]
+    figure = _figure(9.5, 2.4 + 0.4 * max(len(shown), 1))
+    ax = figure.add_subplot()
+    for position, op in enumerate(shown):
+        value, ci = op["recovered"], op.get("ci")
+        significant = bool(ci) and ci[0] > 0
+        error = [[max(value - ci[0], 0.0)], [max(ci[1] - value, 0.0)]] if ci else None
+        ax.errorbar([value], [position], xerr=error, fmt="o", ms=7, capsize=4, color=SIGNIFICANT if significant else "0.45")
+        ax.annotate(f"{value:+.3f}", (value, position), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_yticks(range(len(shown)), [_op_label(op) for op in shown])
+    ax.set_ylim(len(shown) - 0.4 if shown else 1, -0.6)  # most recovered on top
+    ax.grid(axis="y", visible=False)
+    ax.axvline(0, color="black", lw=0.8)
+    lost = _delta(diagnosis.get("lost"))
+    handles = [Line2D([], [], color=SIGNIFICANT, marker="o", label="95% CI above 0"),
+               Line2D([], [], color="0.45", marker="o", label="95% CI reaches 0 or below (not significant)")]
+    if lost is not None and lost > 0:
+        handles.append(ax.axvline(lost, color=REGRESSION, ls="--", lw=1.2, label=f"AP lost by {diagnosis['variant']}: {lost:.3f}"))
+    ends = [0.0, *(op["recovered"] for op in shown), *(bound for op in shown for bound in op.get("ci") or [])]
+    ends += [lost] if lost is not None and lost > 0 else []
+    pad = 0.08 * ((max(ends) - min(ends)) or 0.01)
+    ax.set_xlim(min(ends) - pad, max(ends) + pad)
+    if not shown:
+        ax.text(0.5, 0.5, "no swept op has a defined AP", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlabel(f"AP recovered = AP (op kept float) − AP ({diagnosis['variant']}), COCO mAP@[.5:.95]"
+                  + (f"\nnot plotted (AP undefined): {', '.join(missing)}" if missing else ""))
+    ax.set_title(f"AP recovered by keeping one op float: {diagnosis['variant']}\n"
+                 f"{diagnosis['images']} images, reference: {diagnosis['reference']}; whiskers: paired bootstrap 95% CI")
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2 - 0.06 * bool(missing)), ncol=2, fontsize=8, frameon=False)
+    return figure
