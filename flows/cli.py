@@ -206,7 +206,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
         return _fail(args, f"{type(error).__name__}: {error}", 1)
     logging.getLogger("prefect").setLevel(logging.WARNING)
-    print(diagnosis_text(result.sweep))
+    print(diagnosis_text(result.report))
     return 0
 
 

@@ -3,8 +3,9 @@
 float32 and the variant are converted as a run converts them (cached in the store), then the
 diagnosis stage runs (:mod:`flows.diagnosis`): per-op numeric error, the top ops each kept float
 and scored on the first ``diagnose_images`` evaluation images (AP recovered with a paired bootstrap
-CI, or pseudo-AP against float32's detections). Nothing else is benchmarked; ``quantbench run
---diagnose VARIANT`` does the same inside a run and benchmarks the recovered recipe. Composition only.
+CI, or pseudo-AP against float32's detections) and the recovered recipe built. Nothing is
+benchmarked; ``quantbench run --diagnose VARIANT`` does the same inside a run and benchmarks the
+recovered recipe as one of its variants. Composition only.
 """
 from __future__ import annotations
 
@@ -44,5 +45,4 @@ def diagnose(config: DiagnoseConfig) -> Diagnosis:
                    if calibration_images else comparison_inputs(dataset, preparation))
     float32 = convert_variant(str(model.path), model.digest, "float32", config.store)
     variant = convert_variant(str(model.path), model.digest, config.diagnose, config.store, float32, calibration)
-    return diagnosis_stage(config, annotations, images, model.digest, spec, float32, variant, calibration, config.pseudo_ap,
-                           build_recovered=False)
+    return diagnosis_stage(config, annotations, images, model.digest, spec, float32, variant, calibration, config.pseudo_ap)

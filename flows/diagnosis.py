@@ -52,11 +52,11 @@ def shard_runner(execution: str, deployment: str, job_variables: dict, timeout_s
 
 
 def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, model_digest: str, spec: ModelSpec, float32: ModelArtifact,
-                    variant: ModelArtifact, calibration: Calibration, pseudo_ap: bool = False, build_recovered: bool = True) -> Diagnosis:
+                    variant: ModelArtifact, calibration: Calibration, pseudo_ap: bool = False) -> Diagnosis:
     """Diagnose ``variant`` (converted, like ``float32``, by the run) under ``config`` (a
     :class:`flows.benchmark.BenchmarkConfig`: store, threads, min_score, workers, execution,
     bootstrap_resamples, diagnose_ops, diagnose_images, limit). ``pseudo_ap`` scores against
-    float32's detections instead of the annotations; ``build_recovered`` builds the recovered recipe."""
+    float32's detections instead of the annotations."""
     started = time.perf_counter()
     errors = numeric_errors_task(float32, variant, list(calibration.batches))
     numeric_s = time.perf_counter() - started
@@ -73,7 +73,7 @@ def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, mode
                                                     "infer": infer}) for error in candidates]
         swept = ranked(base, [future.result() for future in futures])
     ops = recovered_ops(swept)
-    recovered = recovered_variant_task(config.store, float32, variant.variant, ops) if ops and build_recovered else None
+    recovered = recovered_variant_task(config.store, float32, variant.variant, ops) if ops else None
     entry = {"variant": recovered_name(variant.variant, ops), "ops": ops, "rule": RECOVERY_RULE} if recovered else None
     cost = {"numeric": round(numeric_s, 3), "sweep": round(time.perf_counter() - started - numeric_s, 3), "ops": len(candidates)}
     return Diagnosis(tuple(errors), swept, recovered, sweep_report(swept, errors, entry, cost))

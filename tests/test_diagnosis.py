@@ -19,7 +19,7 @@ from tasks.model.tflite_inspect import main_graph
 from tasks.model.variants import describe
 from tasks.run.inference import ShardJob
 from tasks.publish.diagnosis import diagnosis_text
-from tasks.score.diagnosis import OpRecovery, Sweep, sweep
+from tasks.score.diagnosis import RECOVERY_RULE, OpRecovery, Sweep, recovered_ops, sweep, sweep_report
 from tasks.store.object_store import open_store
 from tasks.store.recorded import read_recorded, write_recorded
 from tests.oracle import SCALE, oracle_tables, write_oracle_dataset
@@ -216,12 +216,15 @@ def test_quantbench_diagnose_prints_the_ranking(detector_run, prefect_backend, t
                    "--store", str(tmp_path / "store"), "--diagnose-ops", "2", "--bootstrap-resamples", "20"])
     out = capsys.readouterr().out
     assert status == 0, out
-    summary, culprit, header, first, second, cost = out.strip().splitlines()[-6:]
-    assert summary.startswith("dynamic_wi8_afp32: AP ") and "annotations" in summary
-    assert culprit.startswith("op ") and " CONV_2D " in culprit and "keeping it float: AP " in culprit
+    context, summary, recovered, header, first, second, cost = out.strip().splitlines()[-7:]
+    assert context.startswith("dynamic_wi8_afp32: AP ") and "annotations" in context
+    culprit = summary.split("; op ")[1].split()[0]
+    assert summary.startswith("dynamic_wi8_afp32 loses ") and " CONV_2D " in summary and "keeping it float: AP " in summary
+    assert recovered == (f"recovered variant dynamic_wi8_afp32+float_1: op {culprit} kept float (rule: ops whose AP-recovered CI "
+                         "lies above 0, most AP recovered per added byte first, until their recoveries add up to the loss)")
     assert header.split()[:3] == ["op", "type", "tensor"]
-    assert first.split()[0] == culprit.split()[1] != second.split()[0]
-    assert cost.startswith("cost per op (median wall s): build ")
+    assert first.split()[0] == culprit != second.split()[0]
+    assert cost.startswith("cost per op (median wall s): build ") and ", sweep " in cost
 
 
 def test_quantbench_diagnose_refuses_bad_settings_in_one_line(capsys):
@@ -232,14 +235,34 @@ def test_quantbench_diagnose_refuses_bad_settings_in_one_line(capsys):
 def test_the_text_names_a_culprit_only_when_its_recovery_is_significant():
     error = OpError(40, "CONV_2D", "add_27;Conv2D_14", (1, 40, 40, 4), 34.8, 0.0021, math.inf, True)
     noisy = OpRecovery(error, "dynamic_wi8_afp32+float_op40", 1_000_500, 0.903, 0.002, [-0.001, 0.006])
-    lines = diagnosis_text(Sweep("dynamic_wi8_afp32", "annotations", 100, 0.902, 0.901, 1_000_000, (noisy,))).splitlines()
-    assert lines[:2] == ["dynamic_wi8_afp32: AP 0.901 vs float32 0.902 (loses 0.001) on 100 images, annotations",
-                         "no op recovers AP significantly on 100 images (no 95% CI of AP recovered lies above 0)"]
+    swept = Sweep("dynamic_wi8_afp32", "annotations", 100, 0.902, 0.901, 1_000_000, (noisy,))
+    assert recovered_ops(swept) == []
+    lines = diagnosis_text(sweep_report(swept, [error], None, {})).splitlines()
+    assert lines[:3] == ["dynamic_wi8_afp32: AP 0.901 vs float32 0.902 (loses 0.001) on 100 images, annotations",
+                         "dynamic_wi8_afp32 loses 0.001 AP; no op recovers AP significantly on 100 images "
+                         "(no 95% CI of AP recovered lies above 0)",
+                         "no recovered variant made: no op recovers AP significantly (no 95% CI of AP recovered lies above 0)"]
     clear = OpRecovery(error, "dynamic_wi8_afp32+float_op40", 1_000_500, 0.283, 0.082, [0.06, 0.1])
-    lines = diagnosis_text(Sweep("dynamic_wi8_afp32", "annotations", 100, 0.289, 0.201, 1_000_000, (clear,))).splitlines()
-    assert lines[1] == "op 40 CONV_2D add_27;Conv2D_14 holds 93% of it; keeping it float: AP 0.283 at +0.00 MB"
-    assert lines[3].split() == ["40", "CONV_2D", "add_27;Conv2D_14", "1x40x40x4", "34.8", "inf", "0.0021", "0.283", "+0.082",
+    swept = Sweep("dynamic_wi8_afp32", "annotations", 100, 0.289, 0.201, 1_000_000, (clear,))
+    assert recovered_ops(swept) == [40]
+    report = sweep_report(swept, [error], {"variant": "dynamic_wi8_afp32+float_1", "ops": [40], "rule": RECOVERY_RULE}, {})
+    assert report["ops"][0]["own_sqnr_db"] is None and report["ops"][0]["added_bytes"] == 500  # JSON: null for infinite SQNR
+    lines = diagnosis_text(report).splitlines()
+    assert lines[1] == "dynamic_wi8_afp32 loses 0.088 AP; op 40 CONV_2D `add_27;Conv2D_14` holds 93 % of it; keeping it float: AP 0.283 at +0.0 MB"
+    assert lines[4].split() == ["40", "CONV_2D", "add_27;Conv2D_14", "1x40x40x4", "34.8", "inf", "0.0021", "0.283", "+0.082",
                                 "[+0.060,", "+0.100]", "+0.5"]
+
+
+def test_the_recovered_recipe_takes_significant_ops_cheapest_per_recovered_ap_until_the_loss_is_covered():
+    def row(index, recovered, low, added):
+        error = OpError(index, "CONV_2D", f"t{index}", (1, 4), 20.0, 0.01, 20.0, True)
+        return OpRecovery(error, f"v+float_op{index}", 1_000_000 + added, None, recovered, [low, recovered + 0.01])
+
+    rows = (row(1, 0.05, 0.01, 100_000), row(2, 0.04, 0.02, 1_000), row(3, 0.03, -0.01, 10), row(4, 0.02, 0.005, 400))
+    # lost 0.06: op 4 (0.02 for 400 B) and op 2 (0.04 for 1 kB) cover it; op 3's CI spans 0; op 1 costs 100 kB
+    assert recovered_ops(Sweep("v", "annotations", 50, 0.30, 0.24, 1_000_000, rows)) == [4, 2]
+    assert recovered_ops(Sweep("v", "annotations", 50, 0.30, 0.20, 1_000_000, rows)) == [4, 2, 1]  # lost 0.10: all three
+    assert recovered_ops(Sweep("v", "annotations", 50, 0.30, 0.30, 1_000_000, rows)) == []  # nothing lost
 
 
 def test_several_ops_kept_float_in_one_build(models, images, tmp_path):
