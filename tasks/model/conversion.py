@@ -19,6 +19,8 @@ Quantizer recipes (``ai_edge_quantizer.Quantizer`` on the float32 ``.tflite``):
 
 - ``weight_only_wi8_afp32``: int8 weights dequantized to float at load; float compute.
 - ``dynamic_wi8_afp32``: int8 weights, dynamic-range (hybrid) kernels.
+- ``dynamic_legacy_wi8_afp32``: like ``dynamic_wi8_afp32``, but only weights of at least 1024
+  elements are quantized (small ops kept float, as the converter's dynamic range ``int8`` does).
 - ``weight_only_wf16_afp32``: float16 weights (``FLOAT_CASTING``), float compute.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 from tasks.store.errors import QuantbenchError, import_tensorflow
 
 CONVERTER_RECIPES = ("float32", "float16", "int8", "int8_full", "int16x8")
-QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32")
+QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "dynamic_legacy_wi8_afp32", "weight_only_wf16_afp32")
 CALIBRATED_RECIPES = ("int8_full", "int16x8")
 
 
@@ -111,6 +113,7 @@ def quantizer_recipe(recipe: str) -> list[dict]:
     builders = {
         "weight_only_wi8_afp32": recipes.weight_only_wi8_afp32,
         "dynamic_wi8_afp32": recipes.dynamic_wi8_afp32,
+        "dynamic_legacy_wi8_afp32": recipes.dynamic_legacy_wi8_afp32,
         "weight_only_wf16_afp32": _fp16_weight_only_recipe,
     }
     if recipe not in builders:
