@@ -22,7 +22,7 @@ from flows.diagnosis import diagnosis_stage
 from tasks.data.dataset import load_dataset, make_shards
 from tasks.model.calibration import calibration_files, calibration_task, comparison_inputs
 from tasks.model.checks import already_quantized, check_variants, model_input, model_io, model_spec, variants_for
-from tasks.model.conversion import QUANTIZER_RECIPES
+from tasks.model.conversion import DIAGNOSABLE_VARIANTS
 from tasks.model.coverage import compare_task
 from tasks.model.preprocess import Preparation
 from tasks.model.sources import ResolvedModel, resolve_model, shown
@@ -45,7 +45,7 @@ from tasks.store.errors import QuantbenchError
 from tasks.store.object_store import cache_dir, open_store
 
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
-Diagnosable = Literal[QUANTIZER_RECIPES]  # type: ignore[valid-type]
+Diagnosable = Literal[DIAGNOSABLE_VARIANTS]  # type: ignore[valid-type]
 
 
 # Settings that decide where and how a run executes, or only check its input (the model's pin: the
@@ -66,7 +66,7 @@ class BenchmarkConfig(BaseModel):
     model_sha256: str = Field("", title="Model SHA-256 pin", description="The model's expected digest (64 hex digits: report.json's model.digest, or what 'quantbench digest --model X' prints). The model is checked against it right after it is fetched, before it is cached, loaded or converted; a mismatch stops the run. Empty: not pinned (then a plain http:// model is refused).")
     annotations: str | None = Field(None, title="Annotations (COCO JSON)", description="COCO instances JSON (local path or s3:// URL). Empty: the embedded synthetic demo dataset.")
     images: str | None = Field(None, title="Images folder", description="Folder (local path or s3:// prefix) holding the images named by the annotations' file_name.")
-    variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, weight_only_wf16_afp32; given (an already quantized .tflite as it is). The default four mean, for a .tflite model: float32, weight_only_wf16_afp32 and dynamic_wi8_afp32 (a float one) or given (an already quantized one).")
+    variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, dynamic_legacy_wi8_afp32 (int8 weights of at least 1024 elements only, as the converter's int8), weight_only_wf16_afp32; given (an already quantized .tflite as it is). The default four mean, for a .tflite model: float32, weight_only_wf16_afp32 and dynamic_wi8_afp32 (a float one) or given (an already quantized one).")
     spec: ModelSpec = Field(default_factory=ModelSpec, title="Model spec", description="The detector's head (how its outputs become detections), input convention and postprocessing; empty fields take the head's defaults (quantbench heads lists them).")
     shard_size: int = Field(50, ge=1, title="Images per shard", description="Images per inference task.")
     workers: int = Field(2, ge=1, title="Shards in flight", description="Shards running at once: threads of this flow run (local execution) or shard flow runs on the work pool (deployment execution).")
@@ -173,7 +173,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     diagnosis = None
     if config.diagnose:
         with clock("diagnosis"):
-            diagnosis = diagnosis_stage(config, annotations, images, model.digest, spec, artifacts["float32"], artifacts[config.diagnose],
+            diagnosis = diagnosis_stage(config, annotations, images, model, spec, artifacts["float32"], artifacts[config.diagnose],
                                         calibration)
         if diagnosis.recovered:  # benchmarked in full, as a variant of this run
             artifacts[diagnosis.recovered.variant] = diagnosis.recovered

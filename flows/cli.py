@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from tasks.store.errors import QuantbenchError, TransientError
 from tasks.score.evaluation import EVAL_BACKENDS
 from tasks.model.spec import HEADS, ModelSpec, heads_text, load_spec_file, parse_spec
-from tasks.model.conversion import QUANTIZER_RECIPES
+from tasks.model.conversion import DIAGNOSABLE_VARIANTS
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS
 
 WEBHOOK_URL_ENV = "QUANTBENCH_WEBHOOK_URL"
@@ -69,16 +69,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="grid carbon intensity for gCO2e per image: ISO country code (FRA, DEU, USA …) or gCO2e/kWh (default: world average, 475)")
     run.add_argument("--fail-on-regression", action="store_true", default=None,
                      help="exit with status 3 (report still published) when the run regressed against the previous comparable run")
-    run.add_argument("--diagnose", metavar="VARIANT", choices=QUANTIZER_RECIPES,
-                     help="which op of this quantizer variant loses AP: per-op numeric error, the top ops each kept float and scored, "
+    run.add_argument("--diagnose", metavar="VARIANT", choices=DIAGNOSABLE_VARIANTS,
+                     help=f"which op of this quantized variant ({', '.join(DIAGNOSABLE_VARIANTS)}) loses AP: per-op numeric error, "
+                     "the top ops each kept float and scored, "
                      "and the recovered recipe VARIANT+float_k benchmarked in this run (report.json 'diagnosis', a section of report.html)")
     run.add_argument("--diagnose-ops", type=int, help="with --diagnose: ops swept, those adding the most numeric error (default 10)")
     run.add_argument("--diagnose-images", type=int, help="with --diagnose: evaluation images each op is scored on, the first N by id (default 100)")
     run.add_argument("--verbose", action="store_true", help="show Python tracebacks on the terminal (they are always in the flow-run log)")
     run.add_argument("--quiet", action="store_true", help="no progress and no Prefect log lines: only the table and the result lines")
-    diagnose = commands.add_parser("diagnose", help="which op of a quantizer variant loses AP: per-op numeric error vs float32, "
+    diagnose = commands.add_parser("diagnose", help="which op of a quantized variant loses AP: per-op numeric error vs float32, "
                                    "then the top ops each kept float and scored (AP recovered, paired bootstrap CI)")
-    diagnose.add_argument("--variant", dest="diagnose", choices=QUANTIZER_RECIPES, help="the ai-edge-quantizer variant to diagnose (default dynamic_wi8_afp32)")
+    diagnose.add_argument("--variant", dest="diagnose", choices=DIAGNOSABLE_VARIANTS, help="the variant to diagnose (default dynamic_wi8_afp32)")
     diagnose.add_argument("--diagnose-ops", type=int, help="ops kept float and scored, those adding the most numeric error (default 10)")
     diagnose.add_argument("--diagnose-images", type=int, help="evaluation images each is scored on, the first N by id (default 100)")
     diagnose.add_argument("--pseudo-ap", action="store_true", default=None,

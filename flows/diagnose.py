@@ -45,4 +45,4 @@ def diagnose(config: DiagnoseConfig) -> Diagnosis:
                    if calibration_images else comparison_inputs(dataset, preparation))
     float32 = convert_variant(str(model.path), model.digest, "float32", config.store)
     variant = convert_variant(str(model.path), model.digest, config.diagnose, config.store, float32, calibration)
-    return diagnosis_stage(config, annotations, images, model.digest, spec, float32, variant, calibration, config.pseudo_ap)
+    return diagnosis_stage(config, annotations, images, model, spec, float32, variant, calibration, config.pseudo_ap)

@@ -23,7 +23,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from tasks.data.dataset import load_dataset, make_shards, read_annotations
-from tasks.model.diagnosis import OpError, numeric_errors_task, rank_ops, recovered_name, recovered_variant_task
+from tasks.model.conversion import DENYLIST_RECIPES
+from tasks.model.diagnosis import ConverterSource, OpError, numeric_errors_task, rank_ops, recovered_name, recovered_variant_task
+from tasks.model.sources import ResolvedModel
 from tasks.model.spec import ModelSpec, label_map, spec_summary
 from tasks.model.variants import Calibration, ModelArtifact
 from tasks.run.inference import ShardJob, ShardOutput, infer_shard, run_shard_deployment
@@ -51,9 +53,10 @@ def shard_runner(execution: str, deployment: str, job_variables: dict, timeout_s
     return partial(run_shard_deployment.fn, deployment=deployment, job_variables=job_variables, timeout_s=timeout_s)
 
 
-def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, model_digest: str, spec: ModelSpec, float32: ModelArtifact,
+def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, model: ResolvedModel, spec: ModelSpec, float32: ModelArtifact,
                     variant: ModelArtifact, calibration: Calibration, pseudo_ap: bool = False) -> Diagnosis:
-    """Diagnose ``variant`` (converted, like ``float32``, by the run) under ``config`` (a
+    """Diagnose ``variant`` (converted, like ``float32``, by the run, from ``model``; a converter
+    variant is rebuilt from it and ``calibration``) under ``config`` (a
     :class:`flows.benchmark.BenchmarkConfig`: store, threads, min_score, workers, execution,
     bootstrap_resamples, diagnose_ops, diagnose_images, limit). ``pseudo_ap`` scores against
     float32's detections instead of the annotations."""
@@ -62,18 +65,19 @@ def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, mode
     numeric_s = time.perf_counter() - started
     subset = load_dataset(annotations, images, min(config.diagnose_images, config.limit or config.diagnose_images))
     shard, = make_shards(subset, len(subset.images))
-    job = ShardJob("float32", float32.url, model_digest, subset.annotations_digest, subset.images_url, shard, config.store,
+    job = ShardJob("float32", float32.url, model.digest, subset.annotations_digest, subset.images_url, shard, config.store,
                    config.threads, config.min_score, subset.category_ids, label_map(spec.postprocess.classes, subset.category_ids),
                    spec_summary(spec), float32.sha256)
     infer = shard_runner(config.execution, config.shard_deployment, config.job_variables, config.shard_timeout_s)
-    base = baseline(job, float32, variant, None if pseudo_ap else read_annotations(annotations), infer)
+    source = ConverterSource(model.path, model.digest, tuple(calibration.batches)) if variant.variant in DENYLIST_RECIPES else None
+    base = baseline(job, float32, variant, None if pseudo_ap else read_annotations(annotations), infer, source)
     candidates = rank_ops(errors, config.diagnose_ops)
     with ThreadPoolTaskRunner(max_workers=config.workers) as runner:
         futures = [runner.submit(op_recovery_task, {"base": quote(base), "error": error, "resamples": config.bootstrap_resamples,
                                                     "infer": infer}) for error in candidates]
         swept = ranked(base, [future.result() for future in futures])
     ops = recovered_ops(swept)
-    recovered = recovered_variant_task(config.store, float32, variant.variant, ops) if ops else None
+    recovered = recovered_variant_task(config.store, float32, variant.variant, ops, source) if ops else None
     entry = {"variant": recovered_name(variant.variant, ops), "ops": ops, "rule": RECOVERY_RULE} if recovered else None
     cost = {"numeric": round(numeric_s, 3), "sweep": round(time.perf_counter() - started - numeric_s, 3), "ops": len(candidates)}
     return Diagnosis(tuple(errors), swept, recovered, sweep_report(swept, errors, entry, cost))

@@ -86,3 +86,20 @@ def test_a_float_tflite_source_is_quantized_without_conversion(prefect_backend, 
         from flows.benchmark import validate
 
         validate(config.model_copy(update={"variants": ["saved_model", "int8"]}))
+
+
+def test_the_legacy_dynamic_recipe_quantizes_only_large_weights_like_the_converter():
+    from demo import DEMO_MODEL_DIR
+    from tasks.model.conversion import convert, quantize
+    from tasks.model.tflite_inspect import weights_by_dtype
+    from tasks.model.variants import verify_variant
+
+    float32 = convert(DEMO_MODEL_DIR, "float32")
+    legacy, dynamic = quantize(float32, "dynamic_legacy_wi8_afp32"), quantize(float32, "dynamic_wi8_afp32")
+    weights, float32_weights = weights_by_dtype(legacy), weights_by_dtype(float32)["float32"]
+    verify_variant("dynamic_legacy_wi8_afp32", weights, len(legacy), len(float32))
+    assert weights["int8"] >= 0.24 * float32_weights and len(legacy) <= 0.35 * len(float32)
+    # Weights under 1024 elements stay float: more float32 bytes than dynamic_wi8_afp32 keeps, as
+    # the converter's dynamic range int8 keeps.
+    assert weights["float32"] > weights_by_dtype(dynamic)["float32"] and len(legacy) > len(dynamic)
+    assert weights == weights_by_dtype(convert(DEMO_MODEL_DIR, "int8"))

@@ -15,10 +15,15 @@ Every converter recipe first tries builtin ops only; a model that needs Select T
 CombinedNonMaxSuppression, CropAndResize in two-stage detectors) is converted again with
 ``SELECT_TF_OPS`` and then needs TensorFlow at run time (see ``tflite_inspect.flex_ops``).
 
+``int8_full`` can also be built with some ops kept float (:func:`convert_keeping_float`, for the op
+diagnosis); the other converter recipes cannot (no node denylist in their quantizers).
+
 Quantizer recipes (``ai_edge_quantizer.Quantizer`` on the float32 ``.tflite``):
 
 - ``weight_only_wi8_afp32``: int8 weights dequantized to float at load; float compute.
 - ``dynamic_wi8_afp32``: int8 weights, dynamic-range (hybrid) kernels.
+- ``dynamic_legacy_wi8_afp32``: like ``dynamic_wi8_afp32``, but only weights of at least 1024
+  elements are quantized (small ops kept float, as the converter's dynamic range ``int8`` does).
 - ``weight_only_wf16_afp32``: float16 weights (``FLOAT_CASTING``), float compute.
 """
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +39,12 @@ import numpy as np
 from tasks.store.errors import QuantbenchError, import_tensorflow
 
 CONVERTER_RECIPES = ("float32", "float16", "int8", "int8_full", "int16x8")
-QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "weight_only_wf16_afp32")
+QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "dynamic_legacy_wi8_afp32", "weight_only_wf16_afp32")
 CALIBRATED_RECIPES = ("int8_full", "int16x8")
+# Converter recipes that can be rebuilt with some ops kept float (:func:`convert_keeping_float`).
+DENYLIST_RECIPES = ("int8_full",)
+# What the op diagnosis can rebuild with ops kept float (tasks.model.diagnosis.float_ops_build).
+DIAGNOSABLE_VARIANTS = (*DENYLIST_RECIPES, *QUANTIZER_RECIPES)
 
 
 def _needs_flex(error: Exception) -> bool:
@@ -72,20 +81,53 @@ def convert(model_dir: Path, recipe: str, calibration: list[np.ndarray] | None =
     """
     if recipe not in CONVERTER_RECIPES:
         raise QuantbenchError(f"unknown converter recipe {recipe!r}: choose from {', '.join(CONVERTER_RECIPES)}")
-    representative = None
-    if recipe in CALIBRATED_RECIPES:
-        if not calibration:
-            raise QuantbenchError(f"variant {recipe} needs calibration images (--calibration-images DIR)")
-        def representative():
-            for batch in calibration:
-                yield {input_name: batch}
+    return _convert_with(model_dir, recipe, _representative(recipe, calibration, input_name), lambda converter: converter.convert())
+
+
+def convert_keeping_float(model_dir: Path, recipe: str, nodes: Sequence[str], calibration: list[np.ndarray],
+                          input_name: str = "input_tensor") -> bytes:
+    """:func:`convert` with recipe ``int8_full`` (the one of :data:`DENYLIST_RECIPES`), except that
+    the ops whose output tensors are named in ``nodes`` stay float: TensorFlow's
+    ``tf.lite.experimental.QuantizationDebugger`` calibrates as ``int8_full`` does and quantizes
+    with those nodes denylisted (with none, its model is ``int8_full``'s but for metadata)."""
+    if recipe not in DENYLIST_RECIPES:
+        raise QuantbenchError(f"the converter keeps ops float only in {', '.join(DENYLIST_RECIPES)} (TensorFlow's quantization "
+                              f"debugger denylists nodes of full-integer int8 quantization), not in {recipe}")
+    tf = import_tensorflow(f"converting {model_dir}")
+    representative = _representative(recipe, calibration, input_name)
+
+    def quantize_keeping_float(converter) -> bytes:
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(nodes))
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=lambda: ([b] for b in calibration),
+                                                             debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+    return _convert_with(model_dir, recipe, representative, quantize_keeping_float)
+
+
+def _representative(recipe: str, calibration: list[np.ndarray] | None, input_name: str) -> Callable[[], Iterator[dict]] | None:
+    """The converter's representative dataset for a calibrated recipe (None for the others)."""
+    if recipe not in CALIBRATED_RECIPES:
+        return None
+    if not calibration:
+        raise QuantbenchError(f"variant {recipe} needs calibration images (--calibration-images DIR)")
+
+    def representative():
+        for batch in calibration:
+            yield {input_name: batch}
+    return representative
+
+
+def _convert_with(model_dir: Path, recipe: str, representative: Callable[[], Iterator[dict]] | None, build: Callable) -> bytes:
+    """``build(converter)`` on the recipe's converter with builtin ops only, then, if the model
+    needs Select TF ops, with them allowed too."""
     try:
-        return _converter(model_dir, recipe, representative, select_tf_ops=False).convert()
+        return build(_converter(model_dir, recipe, representative, select_tf_ops=False))
     except Exception as builtins_error:  # ConverterError and assorted others
         if not _needs_flex(builtins_error):
             raise _conversion_error(model_dir, recipe, builtins_error) from None
     try:
-        return _converter(model_dir, recipe, representative, select_tf_ops=True).convert()
+        return build(_converter(model_dir, recipe, representative, select_tf_ops=True))
     except Exception as error:
         raise _conversion_error(model_dir, recipe, error) from None
 
@@ -114,6 +156,7 @@ def quantizer_recipe(recipe: str) -> list[dict]:
     builders = {
         "weight_only_wi8_afp32": recipes.weight_only_wi8_afp32,
         "dynamic_wi8_afp32": recipes.dynamic_wi8_afp32,
+        "dynamic_legacy_wi8_afp32": recipes.dynamic_legacy_wi8_afp32,
         "weight_only_wf16_afp32": _fp16_weight_only_recipe,
     }
     if recipe not in builders:

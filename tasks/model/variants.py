@@ -8,8 +8,8 @@ Variants (names used everywhere, in this order in reports); the default is the s
   benchmarked as it is: nothing else can be derived from it;
 - ``float32``, ``float16``, ``int8`` (dynamic range), ``int8_full`` (calibrated), ``int16x8``:
   LiteRT converter recipes;
-- ``weight_only_wi8_afp32``, ``dynamic_wi8_afp32``, ``weight_only_wf16_afp32``: LiteRT quantizer
-  recipes applied to the float32 ``.tflite``.
+- ``weight_only_wi8_afp32``, ``dynamic_wi8_afp32``, ``dynamic_legacy_wi8_afp32``,
+  ``weight_only_wf16_afp32``: LiteRT quantizer recipes applied to the float32 ``.tflite``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ SIGNATURE_KEY = "serving_default"
 # The dtype whose weight bytes a converted variant must hold (and, quantized, shrink the file by).
 CLAIMED_WEIGHT_DTYPE = {
     "float32": "float32", "float16": "float16", "int8": "int8", "int8_full": "int8", "int16x8": "int8",
-    "weight_only_wi8_afp32": "int8", "dynamic_wi8_afp32": "int8", "weight_only_wf16_afp32": "float16",
+    "weight_only_wi8_afp32": "int8", "dynamic_wi8_afp32": "int8", "dynamic_legacy_wi8_afp32": "int8",
+    "weight_only_wf16_afp32": "float16",
 }
 
 

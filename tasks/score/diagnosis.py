@@ -28,7 +28,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.data.dataset import ImageRecord
-from tasks.model.diagnosis import OpError, float_ops_variant
+from tasks.model.diagnosis import ConverterSource, OpError, float_ops_build
 from tasks.model.variants import ModelArtifact, float32_model
 from tasks.run.inference import ShardJob, ShardOutput, infer_shard
 from tasks.score.evaluation import evaluate, ground_truth
@@ -131,7 +131,8 @@ class Baseline:
 
     ``job`` is the sweep's shard (its model replaced by each kept-float one), ``document`` the
     ground truth the sweep scores against (the annotations of its images, or float32's detections
-    for pseudo-AP), ``variant_eval`` the variant's per-image matching (for the paired bootstrap)."""
+    for pseudo-AP), ``variant_eval`` the variant's per-image matching (for the paired bootstrap),
+    ``source`` what a converter variant is rebuilt from (None for a quantizer variant)."""
 
     job: ShardJob
     float32: ModelArtifact
@@ -142,10 +143,11 @@ class Baseline:
     float32_ap: float | None
     variant_ap: float | None
     variant_eval: PerImageEval
+    source: ConverterSource | None = None
 
 
 def baseline(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, annotations: dict | None = None,
-             infer: Callable[[ShardJob], ShardOutput] = infer_shard) -> Baseline:
+             infer: Callable[[ShardJob], ShardOutput] = infer_shard, source: ConverterSource | None = None) -> Baseline:
     """Run float32 and ``variant`` on ``job``'s shard and score both: against ``annotations`` (a
     COCO document covering the shard's images; reduced to them here), or, with None, against
     float32's detections (pseudo-AP). Raises QuantbenchError when the variant processed no image."""
@@ -158,7 +160,7 @@ def baseline(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, anno
     float32_ap, _ = _scored(document, reference_detections, image_ids)
     variant_ap, variant_eval = _scored(document, variant_detections, image_ids)
     return Baseline(job, float32, variant, "annotations" if annotations is not None else "pseudo-AP vs float32", document,
-                    tuple(image_ids), float32_ap, variant_ap, variant_eval)
+                    tuple(image_ids), float32_ap, variant_ap, variant_eval, source)
 
 
 def op_recovery(base: Baseline, error: OpError, resamples: int = 200, seed: int = 0,
@@ -166,7 +168,8 @@ def op_recovery(base: Baseline, error: OpError, resamples: int = 200, seed: int 
     """Keep the op of ``error`` float in the variant (built, or fetched from the store), run it on
     the baseline's images and score it: its AP and the AP it recovers, with a paired bootstrap CI."""
     started = time.perf_counter()
-    artifact, _ = float_ops_variant(open_store(base.job.store_url), float32_model(base.float32), base.variant.variant, [error.index])
+    artifact, _ = float_ops_build(open_store(base.job.store_url), float32_model(base.float32), base.variant.variant, [error.index],
+                                  base.source)
     built = time.perf_counter()
     detections, _ = detections_of(_job_for(base.job, artifact), infer)
     ap, evaluation = _scored(base.document, detections, list(base.image_ids))
@@ -193,7 +196,7 @@ def ranked(base: Baseline, rows: Sequence[OpRecovery]) -> Sweep:
 def sweep(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, candidates: Sequence[OpError],
           annotations: dict | None = None, resamples: int = 200, seed: int = 0, workers: int = 1) -> Sweep:
     """AP recovered by keeping each of ``candidates`` float in ``variant`` (an ai-edge-quantizer
-    variant of ``float32``), on ``job``'s shard (its images, store and settings; its model is
+    variant of ``float32``; :func:`baseline` and :func:`op_recovery` take converter variants too), on ``job``'s shard (its images, store and settings; its model is
     replaced by each one in turn), ``workers`` ops at a time (threads): :func:`baseline`, then
     :func:`op_recovery` per op. (Flows run the ops as :func:`op_recovery_task`.)"""
     base = baseline(job, float32, variant, annotations)
