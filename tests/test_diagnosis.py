@@ -324,6 +324,6 @@ def test_a_run_with_diagnose_benchmarks_the_recovered_recipe_and_reports_the_dia
     assert len(built) == 2  # one per swept op; the recovered recipe keeps one op float: the same build as its sweep's
     assert main(arguments) == 0  # a rerun reuses every build and shard
     assert {path: path.stat().st_mtime_ns for path in (store / "models" / "diagnosis").rglob("*.tflite")} == built
-    again = json.loads(next(store.glob("runs/*/report.json")).read_text())
+    again = json.loads(sorted(store.glob("runs/*/report.json"))[-1].read_text())  # run ids begin with their UTC time
     assert again["shards"]["computed"] == 0 and again["diagnosis"]["ops"] == [
         {**row, "build_s": again_row["build_s"], "score_s": again_row["score_s"]} for row, again_row in zip(diagnosis["ops"], again["diagnosis"]["ops"])]
