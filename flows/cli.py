@@ -349,7 +349,7 @@ def _spec(args: argparse.Namespace) -> ModelSpec:
 # Lines native libraries write straight to file descriptor 2, past Python's logging: LiteRT's
 # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", and absl's INFO/WARNING lines of the
 # TensorFlow converter ("W0000 00:00:1796456207.249849    4961 tf_tfl_flatbuffer_helpers.cc:365] ...").
-NATIVE_CHATTER = re.compile(rb"(INFO: |WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
+NATIVE_CHATTER = re.compile(rb"(INFO: |fully_quantize: \d|WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
 
 
 @contextlib.contextmanager

@@ -119,21 +119,23 @@ def test_report_files_are_in_the_store(demo_run):
 
 def test_quiet_prints_only_the_table_and_the_result_lines(tmp_path):
     """``--quiet``: no progress, no Prefect lines, and none of the lines LiteRT, TensorFlow's
-    converter and ai-edge-quantizer write straight to stderr ("INFO: Created TensorFlow Lite XNNPACK
-    delegate for CPU.", absl's "W0000 …] Ignored output_format.", tqdm progress bars); an error line
-    still reaches the terminal. The demo's quick diagnosis (2 ops, 8 images) rides along."""
+    converter (its calibration's "fully_quantize: 0, …" and tf.lite.Interpreter's deprecation warning)
+    and ai-edge-quantizer write straight to stderr ("INFO: Created TensorFlow Lite XNNPACK delegate for
+    CPU.", absl's "W0000 …] Ignored output_format.", tqdm progress bars); an error line still reaches
+    the terminal. The demo's quick diagnosis of int8_full (2 ops, 8 images) rides along."""
     env = {**os.environ, "QUANTBENCH_CACHE": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect")}
     for name in ("PREFECT_API_URL", "QUANTBENCH_STORE"):
         env.pop(name, None)
-    run = [sys.executable, "-m", "flows.cli", "run", "--quiet", "--variants", "float32", "int8", "--limit", "8",
-           "--latency-images", "5", "--store", str(tmp_path / "store"), "--diagnose", "dynamic_wi8_afp32", "--diagnose-ops", "2",
+    run = [sys.executable, "-m", "flows.cli", "run", "--quiet", "--variants", "float32", "int8", "dynamic_wi8_afp32", "--limit", "8",
+           "--latency-images", "5", "--store", str(tmp_path / "store"), "--diagnose", "int8_full", "--diagnose-ops", "2",
            "--diagnose-images", "8", "--bootstrap-resamples", "20"]
     result = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("| variant") and any(line.startswith("| int8") for line in lines)
-    assert any(line.startswith("| dynamic_wi8_afp32 ") for line in lines)  # the diagnosed variant joins the run
-    assert lines[-3].startswith("diagnosis: dynamic_wi8_afp32 ")
+    assert any(line.startswith("| dynamic_wi8_afp32 ") for line in lines)
+    assert any(line.startswith("| int8_full ") for line in lines)  # the diagnosed variant joins the run
+    assert lines[-3].startswith("diagnosis: int8_full ")
     assert lines[-2].startswith("html: ") and lines[-1].startswith("report: ")
     diagnosis = _read(lines[-1].removeprefix("report: "))["diagnosis"]
     assert diagnosis["images"] == 8 and len(diagnosis["ops"]) == 2 and diagnosis["errors"] and diagnosis["summary"] in lines[-3]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -43,6 +44,9 @@ QUANTIZER_RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "dynamic_lega
 CALIBRATED_RECIPES = ("int8_full", "int16x8")
 # Converter recipes that can be rebuilt with some ops kept float (:func:`convert_keeping_float`).
 DENYLIST_RECIPES = ("int8_full",)
+# Calibration and the quantization debugger run tf.lite.Interpreter, which warns that it is deprecated
+# for LiteRT's (quantbench runs models with ai_edge_litert; the converter's own use is not ours to change).
+warnings.filterwarnings("ignore", message=r"\s*Warning: Please use the LiteRT interpreter", category=UserWarning)
 # What the op diagnosis can rebuild with ops kept float (tasks.model.diagnosis.float_ops_build).
 DIAGNOSABLE_VARIANTS = (*DENYLIST_RECIPES, *QUANTIZER_RECIPES)
 
