@@ -138,6 +138,29 @@ def test_every_shard_runs_as_a_worker_flow_run_and_results_equal_local_mode(clus
     assert _detections(distributed) == _detections(local)
 
 
+def test_a_diagnosis_runs_its_sweep_shards_on_the_work_pool_with_the_numbers_of_local_mode(cluster, case):
+    diagnosis = {"variants": ["float32"], "diagnose": "dynamic_wi8_afp32", "diagnose_ops": 2, "diagnose_images": 6, "shard_size": 12,
+                 "bootstrap_resamples": 20}
+    before = {run["id"] for run in cluster.flow_runs("quantbench-shard")}
+    workers = [cluster.start_worker("worker-d1"), cluster.start_worker("worker-d2")]
+    try:
+        distributed = cluster.benchmark(_config(case, case["root"] / "store-diagnosis", execution="deployment", **diagnosis))
+    finally:
+        for worker in workers:
+            cluster.kill(worker)
+    local = cluster.benchmark(_config(case, case["root"] / "store-diagnosis-local", **diagnosis))
+    swept = [op["index"] for op in distributed["diagnosis"]["ops"]]
+    assert len(swept) == 2 and distributed["diagnosis"]["images"] == 6
+    runs = [run for run in cluster.flow_runs("quantbench-shard") if run["id"] not in before]
+    assert all(run["state_type"] == "COMPLETED" and run["work_pool_name"] == "quantbench-process" for run in runs)
+    ran = {run["parameters"]["job"]["variant"] for run in runs}
+    assert {f"dynamic_wi8_afp32-float_op{index}" for index in swept} <= ran  # each swept op's shard ran as a flow run on the pool
+    timings = ("build_s", "score_s")
+    assert [{k: v for k, v in op.items() if k not in timings} for op in distributed["diagnosis"]["ops"]] == [
+        {k: v for k, v in op.items() if k not in timings} for op in local["diagnosis"]["ops"]]
+    assert distributed["diagnosis"]["errors"] == local["diagnosis"]["errors"]
+
+
 def _same_shard(run: dict, other: dict) -> bool:
     """Two shard flow runs of the same (variant, shard)? (Names are only set once a run starts.)"""
     job, other_job = run["parameters"]["job"], other["parameters"]["job"]
