@@ -130,7 +130,7 @@ def _results_parser(commands) -> None:
     history = actions.add_parser("history", help="the run history: one row per run and variant, newest last")
     history.add_argument("--store", help=store_help)
     history.add_argument("--model", help="only runs whose model source contains TEXT (or whose digest starts with it)")
-    history.add_argument("--variant", choices=VARIANTS, help="only this variant")
+    history.add_argument("--variant", metavar="VARIANT", help="only this variant, named as in the report (e.g. int8, dynamic_wi8_afp32+float_1)")
     history.add_argument("--csv", action="store_true", help="print every column as CSV (for pandas or a spreadsheet)")
 
 

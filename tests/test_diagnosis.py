@@ -327,3 +327,7 @@ def test_a_run_with_diagnose_benchmarks_the_recovered_recipe_and_reports_the_dia
     again = json.loads(sorted(store.glob("runs/*/report.json"))[-1].read_text())  # run ids begin with their UTC time
     assert again["shards"]["computed"] == 0 and again["diagnosis"]["ops"] == [
         {**row, "build_s": again_row["build_s"], "score_s": again_row["score_s"]} for row, again_row in zip(diagnosis["ops"], again["diagnosis"]["ops"])]
+    capsys.readouterr()
+    assert main(["results", "history", "--store", str(store), "--variant", recovered, "--csv"]) == 0  # nightly history keeps the recipe
+    history = capsys.readouterr().out.strip().splitlines()
+    assert len(history) == 3 and all(f",{recovered}," in line for line in history[1:])
