@@ -58,7 +58,7 @@ def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, mode
     """Diagnose ``variant`` (converted, like ``float32``, by the run, from ``model``; a converter
     variant is rebuilt from it and ``calibration``) under ``config`` (a
     :class:`flows.benchmark.BenchmarkConfig`: store, threads, min_score, workers, execution,
-    bootstrap_resamples, diagnose_ops, diagnose_images, limit). ``pseudo_ap`` scores against
+    bootstrap_resamples, eval_backend, diagnose_ops, diagnose_images, limit). ``pseudo_ap`` scores against
     float32's detections instead of the annotations."""
     started = time.perf_counter()
     errors = numeric_errors_task(float32, variant, list(calibration.batches))
@@ -70,7 +70,7 @@ def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, mode
                    spec_summary(spec), float32.sha256)
     infer = shard_runner(config.execution, config.shard_deployment, config.job_variables, config.shard_timeout_s)
     source = ConverterSource(model.path, model.digest, tuple(calibration.batches)) if variant.variant in DENYLIST_RECIPES else None
-    base = baseline(job, float32, variant, None if pseudo_ap else read_annotations(annotations), infer, source)
+    base = baseline(job, float32, variant, None if pseudo_ap else read_annotations(annotations), infer, source, config.eval_backend)
     candidates = rank_ops(errors, config.diagnose_ops)
     with ThreadPoolTaskRunner(max_workers=config.workers) as runner:
         futures = [runner.submit(op_recovery_task, {"base": quote(base), "error": error, "resamples": config.bootstrap_resamples,

@@ -213,7 +213,7 @@ def test_quantbench_diagnose_prints_the_ranking(detector_run, prefect_backend, t
     model.write_bytes(read_recorded(open_store(job.store_url), "models/fragile/float32.tflite"))
     annotations = next(Path(job.images_url).glob("*.json"))
     status = main(["diagnose", "--model", str(model), "--annotations", str(annotations), "--images", job.images_url,
-                   "--store", str(tmp_path / "store"), "--diagnose-ops", "2", "--bootstrap-resamples", "20"])
+                   "--store", str(tmp_path / "store"), "--diagnose-ops", "2", "--bootstrap-resamples", "20", "--eval-backend", "faster-coco-eval"])
     out = capsys.readouterr().out
     assert status == 0, out
     context, summary, recovered, header, first, second, cost = out.strip().splitlines()[-7:]

@@ -119,9 +119,9 @@ def annotations_of(document: dict, image_ids: Sequence[int]) -> dict:
 _EVALUATION = threading.Lock()
 
 
-def _scored(document: dict, detections: list[dict], image_ids: list[int]) -> tuple[float | None, PerImageEval]:
+def _scored(document: dict, detections: list[dict], image_ids: list[int], backend: str) -> tuple[float | None, PerImageEval]:
     with _EVALUATION:
-        result = evaluate(ground_truth(document), detections, image_ids, "bbox", per_image=True)
+        result = evaluate(ground_truth(document, backend), detections, image_ids, "bbox", per_image=True, backend=backend)
     return result["stats"]["AP"], result["per_image"]
 
 
@@ -132,7 +132,8 @@ class Baseline:
     ``job`` is the sweep's shard (its model replaced by each kept-float one), ``document`` the
     ground truth the sweep scores against (the annotations of its images, or float32's detections
     for pseudo-AP), ``variant_eval`` the variant's per-image matching (for the paired bootstrap),
-    ``source`` what a converter variant is rebuilt from (None for a quantizer variant)."""
+    ``source`` what a converter variant is rebuilt from (None for a quantizer variant), ``backend``
+    the COCO evaluation backend (``tasks.score.evaluation.EVAL_BACKENDS``: the same numbers)."""
 
     job: ShardJob
     float32: ModelArtifact
@@ -144,10 +145,12 @@ class Baseline:
     variant_ap: float | None
     variant_eval: PerImageEval
     source: ConverterSource | None = None
+    backend: str = "pycocotools"
 
 
 def baseline(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, annotations: dict | None = None,
-             infer: Callable[[ShardJob], ShardOutput] = infer_shard, source: ConverterSource | None = None) -> Baseline:
+             infer: Callable[[ShardJob], ShardOutput] = infer_shard, source: ConverterSource | None = None,
+             backend: str = "pycocotools") -> Baseline:
     """Run float32 and ``variant`` on ``job``'s shard and score both: against ``annotations`` (a
     COCO document covering the shard's images; reduced to them here), or, with None, against
     float32's detections (pseudo-AP). Raises QuantbenchError when the variant processed no image."""
@@ -157,10 +160,10 @@ def baseline(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, anno
         raise QuantbenchError(f"the diagnosis of {variant.variant} has no image to score: every image of its shard failed")
     document = (annotations_of(annotations, image_ids) if annotations is not None else
                 pseudo_ground_truth(reference_detections, job.shard.images, job.category_ids))
-    float32_ap, _ = _scored(document, reference_detections, image_ids)
-    variant_ap, variant_eval = _scored(document, variant_detections, image_ids)
+    float32_ap, _ = _scored(document, reference_detections, image_ids, backend)
+    variant_ap, variant_eval = _scored(document, variant_detections, image_ids, backend)
     return Baseline(job, float32, variant, "annotations" if annotations is not None else "pseudo-AP vs float32", document,
-                    tuple(image_ids), float32_ap, variant_ap, variant_eval, source)
+                    tuple(image_ids), float32_ap, variant_ap, variant_eval, source, backend)
 
 
 def op_recovery(base: Baseline, error: OpError, resamples: int = 200, seed: int = 0,
@@ -172,7 +175,7 @@ def op_recovery(base: Baseline, error: OpError, resamples: int = 200, seed: int 
                                   base.source)
     built = time.perf_counter()
     detections, _ = detections_of(_job_for(base.job, artifact), infer)
-    ap, evaluation = _scored(base.document, detections, list(base.image_ids))
+    ap, evaluation = _scored(base.document, detections, list(base.image_ids), base.backend)
     delta = paired_bootstrap_delta_ap(base.variant_eval, evaluation, resamples, seed)
     return OpRecovery(error, artifact.variant, artifact.model_bytes, ap, delta["delta"], delta["ci"],
                       round(built - started, 3), round(time.perf_counter() - built, 3))
