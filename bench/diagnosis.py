@@ -73,11 +73,13 @@ class Timeline:
 def instrumented(timeline: Timeline):
     """The flow's steps wrapped by ``timeline`` while inside; the originals restored after."""
     import flows.diagnose as flow
+    import flows.diagnosis as stage
     import tasks.score.diagnosis as score
 
-    targets = [(flow, "convert_variant"), (flow, "numeric_errors"), (flow, "sweep"), (score, "float_ops_variant"),
-               (score, "pseudo_ground_truth"), (score, "detections_of"), (score, "_scored"), (score, "paired_bootstrap_delta_ap"),
-               (score, "evaluate"), (score, "ground_truth")]
+    # Plain functions only: the per-op Prefect task (op_recovery_task) calls score's functions by their module names.
+    targets = [(flow, "convert_variant"), (flow, "diagnosis_stage"), (stage, "numeric_errors_task"), (stage, "baseline"),
+               (score, "float_ops_build"), (score, "pseudo_ground_truth"), (score, "detections_of"), (score, "_scored"),
+               (score, "paired_bootstrap_delta_ap"), (score, "evaluate"), (score, "ground_truth")]
     originals = [(module, name, getattr(module, name)) for module, name in targets]
     for module, name, function in originals:
         setattr(module, name, timeline.wrap(name, function))
@@ -94,14 +96,14 @@ def store_files(store: Path, under: str) -> int:
     return sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
 
 
-def diagnose_once(model: Path, store: Path, ops: int, images: int, workers: int) -> dict:
+def diagnose_once(model: Path, store: Path, ops: int, images: int, workers: int, backend: str) -> dict:
     """Run the diagnosis flow once, timed; its phases, sweep and what it stored."""
     from flows.diagnose import DiagnoseConfig, diagnose
     from tasks.model.spec import ModelSpec
 
     config = DiagnoseConfig(model=str(model), annotations=str(COCO_MINI / "instances_train2017_subset.json"),
-                            images=str(COCO_MINI / "train2017"), variant=VARIANT, diagnose_ops=ops, diagnose_images=images,
-                            pseudo_ap=True, store=str(store), workers=workers,
+                            images=str(COCO_MINI / "train2017"), diagnose=VARIANT, diagnose_ops=ops, diagnose_images=images,
+                            pseudo_ap=True, store=str(store), workers=workers, eval_backend=backend,
                             spec=ModelSpec.model_validate({"postprocess": {"classes": "index0"}}))
     builds_before = store_files(store, "models/diagnosis")
     timeline = Timeline()
@@ -109,12 +111,12 @@ def diagnose_once(model: Path, store: Path, ops: int, images: int, workers: int)
         result = diagnose(config)
     wall = time.perf_counter() - timeline.started
     rows = result.sweep.rows
-    sweep_start, ops_start = timeline.first_start("sweep"), timeline.first_start("float_ops_variant")
-    sweep_end = sweep_start + timeline.total("sweep")
+    sweep_start, ops_start = timeline.first_start("baseline"), timeline.first_start("float_ops_build")
+    sweep_end = timeline.first_start("diagnosis_stage") + timeline.total("diagnosis_stage")
     return {"wall": wall, "result": result, "timeline": timeline,
             "startup": timeline.first_start("convert_variant"),
             "convert": timeline.total("convert_variant"),
-            "numeric": timeline.total("numeric_errors"),
+            "numeric": timeline.total("numeric_errors_task"),
             "reference": ops_start - sweep_start,
             "ops_wall": sweep_end - ops_start,
             "after": wall - sweep_end,
@@ -183,7 +185,7 @@ def report(args, ops_total: dict, runs: list[dict], saved_model_s: float, loads:
          f"{first['pseudo_truth']} detections of score >= 0.5 ({first['pseudo_truth'] / sweep.images:.1f} per image). "
          f"{VARIANT}: pseudo-AP {sweep.variant_ap:.3f} (float32 {sweep.float32_ap:.3f}); best op kept float recovers "
          f"{best.recovered:+.3f} (op {best.error.index} {best.error.op_type}, CI [{best.ci[0]:+.3f}, {best.ci[1]:+.3f}]).\n"),
-        f"Workers: {args.workers} (threads), 1 interpreter thread each.\n",
+        f"Workers: {args.workers} (threads), 1 interpreter thread each; evaluation backend {args.eval_backend}.\n",
         "| phase | run 1: fresh store (s) | run 2: same store (s) |",
         "|---|---:|---:|",
         f"| SavedModel build (TensorFlow, before the flow) | {saved_model_s:.1f} | – |",
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100, help="coco-mini images scored (default 100)")
     parser.add_argument("--size", type=int, default=320, help="detector input side, pixels (default 320)")
     parser.add_argument("--workers", type=int, default=2, help="kept-float models built and scored at a time (default 2)")
+    parser.add_argument("--eval-backend", default="pycocotools", choices=("pycocotools", "faster-coco-eval"),
+                        help="COCO evaluation backend of the sweep (default pycocotools, the run's default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "diagnosis.md", help="markdown report written here")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for n in (1, 2):
         print(f"diagnosis run {n} …", file=sys.stderr)
-        runs.append(diagnose_once(model, work / "store", args.ops or ALL_OPS, args.images, args.workers))
+        runs.append(diagnose_once(model, work / "store", args.ops or ALL_OPS, args.images, args.workers, args.eval_backend))
         print(f"  {runs[-1]['wall']:.1f} s", file=sys.stderr)
     float32 = next(a for a in runs[0]["timeline"].results["convert_variant"] if a.variant == "float32")
     loads.append(" / ".join(f"{x:.1f}" for x in os.getloadavg()))

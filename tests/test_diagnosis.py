@@ -331,3 +331,18 @@ def test_a_run_with_diagnose_benchmarks_the_recovered_recipe_and_reports_the_dia
     assert main(["results", "history", "--store", str(store), "--variant", recovered, "--csv"]) == 0  # nightly history keeps the recipe
     history = capsys.readouterr().out.strip().splitlines()
     assert len(history) == 3 and all(f",{recovered}," in line for line in history[1:])
+
+
+def test_the_numeric_pass_skips_tensors_no_op_writes(tmp_path):
+    """The bench's MobileNet-like detector (converted by TF 2.18.1) has a non-constant int32 RESHAPE
+    shape tensor, ``arith.constant1``, that no op writes and LiteRT cannot read ("Invalid tensor
+    size"): the check for changed selections must not read it."""
+    from bench.diagnosis_detector import build
+    from tasks.model.conversion import convert
+
+    float32 = convert(build(tmp_path / "model", 160), "float32")
+    ops, tensors = main_graph(float32)
+    written = {o for op in ops for o in op.outputs}
+    assert any(t.dtype == "int32" and not t.constant and i not in written for i, t in enumerate(tensors))
+    rows = numeric_errors(float32, quantize(float32, "dynamic_wi8_afp32"), [np.zeros((1, 160, 160, 3), np.uint8)])
+    assert sum(row.quantized for row in rows) > 40 and rank_ops(rows)[0].quantized

@@ -189,8 +189,9 @@ def numeric_errors(float32_model: bytes, variant_model: bytes, batches: Sequence
     # Integer tensors computed from data (e.g. TOPK_V2's indices): an op reading one that changed
     # (other boxes selected), or reading what such an op wrote, carries an error no SQNR of its
     # float inputs measures.
+    written = {o for op in ops for o in op.outputs}  # not scratch tensors an op keeps (they may hold no data)
     discrete = {i: in_variant[t.name] for i, t in enumerate(tensors)
-                if t.dtype in DISCRETE_DTYPES and not t.constant and t.name in in_variant}
+                if i in written and t.dtype in DISCRETE_DTYPES and not t.constant and t.name in in_variant}
     reference, variant = _PreservingInterpreter(float32_model), _PreservingInterpreter(variant_model)
     errors = {i: _Errors() for i in compared}
     changed = set()
