@@ -79,7 +79,7 @@ def instrumented(timeline: Timeline):
     # Plain functions only: the per-op Prefect task (op_recovery_task) calls score's functions by their module names.
     targets = [(flow, "convert_variant"), (flow, "diagnosis_stage"), (stage, "numeric_errors_task"), (stage, "baseline"),
                (score, "float_ops_build"), (score, "pseudo_ground_truth"), (score, "detections_of"), (score, "_scored"),
-               (score, "paired_bootstrap_delta_ap"), (score, "evaluate"), (score, "ground_truth")]
+               (score, "resample"), (score, "evaluate"), (score, "ground_truth")]
     originals = [(module, name, getattr(module, name)) for module, name in targets]
     for module, name, function in originals:
         setattr(module, name, timeline.wrap(name, function))
@@ -122,7 +122,7 @@ def diagnose_once(model: Path, store: Path, ops: int, images: int, workers: int,
             "after": wall - sweep_end,
             "build": [row.build_s for row in rows], "score": [row.score_s for row in rows],
             "infer": timeline.busy("detections_of", ops_start), "evaluate": timeline.busy("_scored", ops_start),
-            "bootstrap": timeline.busy("paired_bootstrap_delta_ap", ops_start),
+            "bootstrap": timeline.busy("resample", ops_start),
             "cocoeval": timeline.busy("evaluate", ops_start), "truth": timeline.busy("ground_truth", ops_start),
             "lock": [sum(timeline.busy("_scored", ops_start)) - sum(timeline.busy("evaluate", ops_start))
                      - sum(timeline.busy("ground_truth", ops_start))],

@@ -70,11 +70,11 @@ def diagnosis_stage(config: BenchmarkConfig, annotations: str, images: str, mode
                    spec_summary(spec), float32.sha256)
     infer = shard_runner(config.execution, config.shard_deployment, config.job_variables, config.shard_timeout_s)
     source = ConverterSource(model.path, model.digest, tuple(calibration.batches)) if variant.variant in DENYLIST_RECIPES else None
-    base = baseline(job, float32, variant, None if pseudo_ap else read_annotations(annotations), infer, source, config.eval_backend)
+    base = baseline(job, float32, variant, None if pseudo_ap else read_annotations(annotations), infer, source, config.eval_backend,
+                    config.bootstrap_resamples)
     candidates = rank_ops(errors, config.diagnose_ops)
     with ThreadPoolTaskRunner(max_workers=config.workers) as runner:
-        futures = [runner.submit(op_recovery_task, {"base": quote(base), "error": error, "resamples": config.bootstrap_resamples,
-                                                    "infer": infer}) for error in candidates]
+        futures = [runner.submit(op_recovery_task, {"base": quote(base), "error": error, "infer": infer}) for error in candidates]
         swept = ranked(base, [future.result() for future in futures])
     ops = recovered_ops(swept)
     recovered = recovered_variant_task(config.store, float32, variant.variant, ops, source) if ops else None

@@ -6,7 +6,7 @@ cached in the store), run over the same images by the pipeline's own shard infer
 (:func:`tasks.run.inference.infer_shard`, its outputs content-addressed and reused) and scored with
 COCO AP (:func:`tasks.score.evaluation.evaluate`). An op's **AP recovered** is ``AP(op kept float)
 − AP(variant)`` (AP@[.5:.95] in [0, 1]), with a paired bootstrap CI over the images
-(:func:`tasks.score.significance.paired_bootstrap_delta_ap`).
+(:func:`tasks.score.significance.delta_interval`; the variant resampled once for every op).
 
 Without annotations the reference is float32's own detections (score ≥ ``pseudo_min_score``, taken
 as ground truth): **pseudo-AP**, which measures agreement with float32, not accuracy.
@@ -34,7 +34,7 @@ from tasks.run.inference import ShardJob, ShardOutput, infer_shard
 from tasks.score.evaluation import evaluate, ground_truth
 from tasks.score.gather import checked_shard
 from tasks.score.matching import PerImageEval
-from tasks.score.significance import paired_bootstrap_delta_ap
+from tasks.score.significance import Resampled, delta_interval, resample
 from tasks.store.errors import STORE_RETRIES, QuantbenchError
 from tasks.store.object_store import open_store
 
@@ -131,7 +131,8 @@ class Baseline:
 
     ``job`` is the sweep's shard (its model replaced by each kept-float one), ``document`` the
     ground truth the sweep scores against (the annotations of its images, or float32's detections
-    for pseudo-AP), ``variant_eval`` the variant's per-image matching (for the paired bootstrap),
+    for pseudo-AP), ``variant_resampled`` the variant's AP on each bootstrap resample (made once,
+    paired with every op's),
     ``source`` what a converter variant is rebuilt from (None for a quantizer variant), ``backend``
     the COCO evaluation backend (``tasks.score.evaluation.EVAL_BACKENDS``: the same numbers)."""
 
@@ -143,14 +144,14 @@ class Baseline:
     image_ids: tuple[int, ...]
     float32_ap: float | None
     variant_ap: float | None
-    variant_eval: PerImageEval
+    variant_resampled: Resampled
     source: ConverterSource | None = None
     backend: str = "pycocotools"
 
 
 def baseline(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, annotations: dict | None = None,
              infer: Callable[[ShardJob], ShardOutput] = infer_shard, source: ConverterSource | None = None,
-             backend: str = "pycocotools") -> Baseline:
+             backend: str = "pycocotools", resamples: int = 200, seed: int = 0) -> Baseline:
     """Run float32 and ``variant`` on ``job``'s shard and score both: against ``annotations`` (a
     COCO document covering the shard's images; reduced to them here), or, with None, against
     float32's detections (pseudo-AP). Raises QuantbenchError when the variant processed no image."""
@@ -163,11 +164,10 @@ def baseline(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, anno
     float32_ap, _ = _scored(document, reference_detections, image_ids, backend)
     variant_ap, variant_eval = _scored(document, variant_detections, image_ids, backend)
     return Baseline(job, float32, variant, "annotations" if annotations is not None else "pseudo-AP vs float32", document,
-                    tuple(image_ids), float32_ap, variant_ap, variant_eval, source, backend)
+                    tuple(image_ids), float32_ap, variant_ap, resample(variant_eval, resamples, seed), source, backend)
 
 
-def op_recovery(base: Baseline, error: OpError, resamples: int = 200, seed: int = 0,
-                infer: Callable[[ShardJob], ShardOutput] = infer_shard) -> OpRecovery:
+def op_recovery(base: Baseline, error: OpError, infer: Callable[[ShardJob], ShardOutput] = infer_shard) -> OpRecovery:
     """Keep the op of ``error`` float in the variant (built, or fetched from the store), run it on
     the baseline's images and score it: its AP and the AP it recovers, with a paired bootstrap CI."""
     started = time.perf_counter()
@@ -176,17 +176,17 @@ def op_recovery(base: Baseline, error: OpError, resamples: int = 200, seed: int 
     built = time.perf_counter()
     detections, _ = detections_of(_job_for(base.job, artifact), infer)
     ap, evaluation = _scored(base.document, detections, list(base.image_ids), base.backend)
-    delta = paired_bootstrap_delta_ap(base.variant_eval, evaluation, resamples, seed)
+    resampled = base.variant_resampled
+    delta = delta_interval(resampled, resample(evaluation, resampled.resamples, resampled.seed))
     return OpRecovery(error, artifact.variant, artifact.model_bytes, ap, delta["delta"], delta["ci"],
                       round(built - started, 3), round(time.perf_counter() - built, 3))
 
 
 @task(name="diagnose-op", task_run_name="diagnose-op-{error.index}-{error.op_type}", cache_policy=NO_CACHE, **STORE_RETRIES)
-def op_recovery_task(base: Baseline, error: OpError, resamples: int = 200,
-                     infer: Callable[[ShardJob], ShardOutput] = infer_shard) -> OpRecovery:
+def op_recovery_task(base: Baseline, error: OpError, infer: Callable[[ShardJob], ShardOutput] = infer_shard) -> OpRecovery:
     """:func:`op_recovery` as one Prefect task per swept op (safe to retry: builds and shard
     outputs are content-addressed in the store)."""
-    return op_recovery(base, error, resamples, infer=infer)
+    return op_recovery(base, error, infer)
 
 
 def ranked(base: Baseline, rows: Sequence[OpRecovery]) -> Sweep:
@@ -202,9 +202,9 @@ def sweep(job: ShardJob, float32: ModelArtifact, variant: ModelArtifact, candida
     variant of ``float32``; :func:`baseline` and :func:`op_recovery` take converter variants too), on ``job``'s shard (its images, store and settings; its model is
     replaced by each one in turn), ``workers`` ops at a time (threads): :func:`baseline`, then
     :func:`op_recovery` per op. (Flows run the ops as :func:`op_recovery_task`.)"""
-    base = baseline(job, float32, variant, annotations)
+    base = baseline(job, float32, variant, annotations, resamples=resamples, seed=seed)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = list(pool.map(lambda error: op_recovery(base, error, resamples, seed), candidates))
+        rows = list(pool.map(lambda error: op_recovery(base, error), candidates))
     return ranked(base, rows)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prefect import task
@@ -101,19 +102,7 @@ def _category_precision(ranking: CategoryRanking, weights: np.ndarray, recall_th
     return precision
 
 
-def paired_bootstrap(evals: Sequence[PerImageEval], coefficients: Sequence[float], resamples: int = 200,
-                     seed: int = 0, confidence: float = 0.95) -> dict:
-    """Paired bootstrap over images of ``sum(c * AP(e))`` for ``e, c`` in ``evals, coefficients``.
-
-    ``[-1, +1]`` is a difference of two APs (:func:`paired_bootstrap_delta_ap`); ``[+1, -1, -1, +1]``
-    over (variant now, float32 now, variant before, float32 before) is the change of a ΔAP between
-    two runs. Every evaluation must cover the same image ids and categories; each resample (as
-    many draws as images, with replacement, ``np.random.default_rng(seed)``) weights all of them
-    alike. Returns ``{"value": full-set value, "ci": [low, high], "resamples", "seed"}``, ``ci`` the
-    percentile interval holding ``confidence`` of the resampled values; ``value`` and ``ci`` are
-    None when some AP is undefined on the full set (no ground truth), and resamples where one is
-    undefined are left out of the interval.
-    """
+def _check_paired(evals: Sequence[PerImageEval]) -> None:
     first = evals[0]
     for other in evals[1:]:
         if other.image_ids != first.image_ids:
@@ -123,18 +112,68 @@ def paired_bootstrap(evals: Sequence[PerImageEval], coefficients: Sequence[float
             )
         if other.category_ids != first.category_ids:
             raise ValueError("paired bootstrap needs every evaluation against the same categories")
+
+
+@dataclass(frozen=True, eq=False)
+class Resampled:
+    """One evaluation's AP on the full set (``value``) and on each of ``resamples`` seeded bootstrap
+    resamples of its images (``values``; -1.0 where undefined): what a paired bootstrap combines.
+    Two made with the same ``resamples`` and ``seed`` over the same images are paired (same draws),
+    so one evaluation compared with many (a sweep's variant) is resampled once."""
+
+    evaluation: PerImageEval
+    value: float
+    values: np.ndarray
+    resamples: int
+    seed: int
+
+
+def resample(evaluation: PerImageEval, resamples: int = 200, seed: int = 0) -> Resampled:
+    """AP of ``evaluation`` on the full set and on each resample: as many draws as images, with
+    replacement, ``np.random.default_rng(seed)`` (the draws depend only on the image count and the seed)."""
+    n_images = len(evaluation.image_ids)
+    value = resampled_ap(evaluation, np.ones(n_images))
+    if value == -1.0:  # no ground truth at all: undefined on every resample too (and no image may be left to draw)
+        return Resampled(evaluation, value, np.full(resamples, -1.0), resamples, seed)
+    draws = np.random.default_rng(seed).multinomial(n_images, np.full(n_images, 1 / n_images), size=resamples)
+    return Resampled(evaluation, value, np.array([resampled_ap(evaluation, weights) for weights in draws]), resamples, seed)
+
+
+def combined_interval(resampled: Sequence[Resampled], coefficients: Sequence[float], confidence: float = 0.95) -> dict:
+    """:func:`paired_bootstrap` of evaluations already resampled (the same resamples and seed)."""
+    _check_paired([r.evaluation for r in resampled])
+    if len({(r.resamples, r.seed) for r in resampled}) != 1:
+        raise ValueError("paired bootstrap needs every evaluation resampled with the same resamples and seed")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
-    n_images = len(first.image_ids)
-    result = {"value": None, "ci": None, "resamples": resamples, "seed": seed}
-    value = _combination(evals, coefficients, np.ones(n_images))
-    if np.isnan(value):
+    result = {"value": None, "ci": None, "resamples": resampled[0].resamples, "seed": resampled[0].seed}
+    if any(r.value == -1.0 for r in resampled):
         return result
-    draws = np.random.default_rng(seed).multinomial(n_images, np.full(n_images, 1 / n_images), size=resamples)
-    values = np.array([_combination(evals, coefficients, weights) for weights in draws])
+    aps = np.array([r.values for r in resampled])
+    values = np.where((aps == -1.0).any(axis=0), np.nan, sum(c * row for c, row in zip(coefficients, aps)))
     tail = (1 - confidence) / 2 * 100
     low, high = np.nanpercentile(values, [tail, 100 - tail])
-    return {**result, "value": float(value), "ci": [float(low), float(high)]}
+    value = float(sum(c * r.value for c, r in zip(coefficients, resampled)))
+    return {**result, "value": value, "ci": [float(low), float(high)]}
+
+
+def paired_bootstrap(evals: Sequence[PerImageEval], coefficients: Sequence[float], resamples: int = 200,
+                     seed: int = 0, confidence: float = 0.95) -> dict:
+    """Paired bootstrap over images of ``sum(c * AP(e))`` for ``e, c`` in ``evals, coefficients``.
+
+    ``[-1, +1]`` is a difference of two APs (:func:`paired_bootstrap_delta_ap`); ``[+1, -1, -1, +1]``
+    over (variant now, float32 now, variant before, float32 before) is the change of a ΔAP between
+    two runs. Every evaluation must cover the same image ids and categories; each resample (as
+    many draws as images, with replacement, ``np.random.default_rng(seed)``) weights all of them
+    alike (:func:`resample`). Returns ``{"value": full-set value, "ci": [low, high], "resamples",
+    "seed"}``, ``ci`` the percentile interval holding ``confidence`` of the resampled values;
+    ``value`` and ``ci`` are None when some AP is undefined on the full set (no ground truth), and
+    resamples where one is undefined are left out of the interval.
+    """
+    _check_paired(evals)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    return combined_interval([resample(e, resamples, seed) for e in evals], coefficients, confidence)
 
 
 def paired_bootstrap_delta_ap(base: PerImageEval, other: PerImageEval, resamples: int = 200, seed: int = 0,
@@ -142,14 +181,13 @@ def paired_bootstrap_delta_ap(base: PerImageEval, other: PerImageEval, resamples
     """Paired bootstrap of ``AP(other) - AP(base)`` (AP in [0, 1], not percent): both APs on the
     same resamples, so the images' difficulty cancels out. Returns ``{"delta", "ci", "resamples",
     "seed"}`` (see :func:`paired_bootstrap`)."""
-    result = paired_bootstrap([base, other], [-1.0, 1.0], resamples, seed, confidence)
+    return delta_interval(resample(base, resamples, seed), resample(other, resamples, seed), confidence)
+
+
+def delta_interval(base: Resampled, other: Resampled, confidence: float = 0.95) -> dict:
+    """:func:`paired_bootstrap_delta_ap` of two evaluations already resampled alike."""
+    result = combined_interval([base, other], [-1.0, 1.0], confidence)
     return {"delta": result.pop("value"), **result}
-
-
-def _combination(evals: Sequence[PerImageEval], coefficients: Sequence[float], weights: np.ndarray) -> float:
-    """``sum(c * AP)`` on one resample; NaN when some AP is undefined (no ground truth in it)."""
-    aps = [resampled_ap(e, weights) for e in evals]
-    return np.nan if -1.0 in aps else float(sum(c * ap for c, ap in zip(coefficients, aps)))
 
 
 @task(name="significance", cache_policy=NO_CACHE)
@@ -159,13 +197,14 @@ def significance_task(per_image: dict[str, dict[str, PerImageEval | None]], resa
     ``per_image[variant][iou_type]`` are the per-image evaluations of one run. Returns
     ``{variant: {iou_type: {"delta", "ci", "resamples", "seed"}}}``; a pair evaluated on different
     images (different failures) gets no entry rather than an unpaired interval."""
-    base = per_image.get("float32") or {}
+    base = {iou_type: resample(reference, resamples, seed)  # float32 resampled once, paired with every variant
+            for iou_type, reference in (per_image.get("float32") or {}).items() if reference is not None}
     significance: dict[str, dict[str, dict]] = {}
     for variant, evaluations in per_image.items():
         if variant == "float32":
             continue
         for iou_type, evaluation in evaluations.items():
             reference = base.get(iou_type)
-            if evaluation is not None and reference is not None and evaluation.image_ids == reference.image_ids:
-                significance.setdefault(variant, {})[iou_type] = paired_bootstrap_delta_ap(reference, evaluation, resamples, seed)
+            if evaluation is not None and reference is not None and evaluation.image_ids == reference.evaluation.image_ids:
+                significance.setdefault(variant, {})[iou_type] = delta_interval(reference, resample(evaluation, resamples, seed))
     return significance
