@@ -156,7 +156,7 @@ def shard_task_runner(config: BenchmarkConfig) -> TaskRunner:
         return DaskTaskRunner(address=config.dask_address)
     # Processes started (spawned) from this one: its working directory and sys.path, so the repo imports.
     return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": ":0"})
 
 
 @flow(name="quantbench-benchmark")

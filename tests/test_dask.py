@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -146,33 +145,50 @@ def test_dask_address_is_an_execution_setting_not_part_of_the_run_identity(case)
     assert plain.result_settings() == on_dask.result_settings()
 
 
-def test_shards_run_as_prefect_tasks_on_the_dask_workers_with_the_results_of_local_execution(prefect_backend, dask_cluster, case,
-                                                                                              tmp_path):
-    before = set(_infer_task_runs())
-    started = time.perf_counter()
-    on_dask = read_report(benchmark(BenchmarkConfig(**case, store=str(tmp_path / "dask"), shard_size=3, execution="dask",
-                                                    dask_address=dask_cluster.address)))
-    dask_s = time.perf_counter() - started
-    local = read_report(benchmark(BenchmarkConfig(**case, store=str(tmp_path / "local"), shard_size=3)))
+@pytest.fixture(scope="module")
+def local_run(prefect_backend, case, tmp_path_factory) -> dict:
+    """The case under local execution: its report and its store's folder."""
+    store = tmp_path_factory.mktemp("local-run")
+    return {"report": read_report(benchmark(BenchmarkConfig(**case, store=str(store), shard_size=3))), "store": store}
+
+
+def _check_equal_to_local(on_dask: dict, store: Path, local_run: dict) -> dict[str, dict]:
+    """The report's numbers, detections and shard outputs equal local execution's; returns the shard outputs."""
+    local = local_run["report"]
     assert on_dask["shards"] == local["shards"] == {"total": 8, "computed": 8, "reused": 0}
     identity = on_dask["run_id"].split("-")[1]  # <UTC time>-<identity>-<random>
     assert identity == local["run_id"].split("-")[1] and on_dask["settings"]["execution"] == "dask"
     assert [v["bbox"] for v in on_dask["variants"]] == [v["bbox"] for v in local["variants"]]
     assert _counts(on_dask) == _counts(local)
     assert _detections(on_dask) == _detections(local)
-    shards, local_shards = _shard_documents(tmp_path / "dask"), _shard_documents(tmp_path / "local")
+    shards, local_shards = _shard_documents(store), _shard_documents(local_run["store"])
     assert len(shards) == 8 and {k: _content(d) for k, d in shards.items()} == {k: _content(d) for k, d in local_shards.items()}
-    workers = {dask_cluster.processes["worker-1"].pid, dask_cluster.processes["worker-2"].pid}
+    assert {d["usage"]["pid"] for d in local_shards.values()} == {os.getpid()}
+    return shards
+
+
+def test_shards_run_as_prefect_tasks_on_the_dask_workers_with_the_results_of_local_execution(prefect_backend, dask_cluster, case,
+                                                                                              local_run, tmp_path):
+    before = set(_infer_task_runs())
+    on_dask = read_report(benchmark(BenchmarkConfig(**case, store=str(tmp_path / "dask"), shard_size=3, execution="dask",
+                                                    dask_address=dask_cluster.address)))
+    shards = _check_equal_to_local(on_dask, tmp_path / "dask", local_run)
     # Both worker processes computed shards, this process none.
-    assert {d["usage"]["pid"] for d in shards.values()} == workers and {d["usage"]["pid"] for d in local_shards.values()} == {os.getpid()}
+    assert {d["usage"]["pid"] for d in shards.values()} == {dask_cluster.processes["worker-1"].pid, dask_cluster.processes["worker-2"].pid}
     # Each shard was a Prefect task run, reported Completed from its worker (task run events land asynchronously).
-    wait_for(lambda: [r for i, r in _infer_task_runs().items() if i not in before and r["state"] == "COMPLETED"].__len__() >= 16,
-             60, "16 infer-shard task runs (8 on Dask, 8 local) to be Completed")
+    wait_for(lambda: sum(r["state"] == "COMPLETED" for i, r in _infer_task_runs().items() if i not in before) >= 8, 60,
+             "the 8 infer-shard task runs to be Completed")
     runs = {i: r for i, r in _infer_task_runs().items() if i not in before}
-    assert len(runs) == 16 and all(r["state"] == "COMPLETED" for r in runs.values())
-    inference_s = on_dask["stages"]["wall_s"]["inference"]
-    print(f"\ndask: 8 shards (2 workers) in an inference stage of {inference_s} s (local: {local['stages']['wall_s']['inference']} s); "
-          f"whole run {dask_s:.1f} s")
+    assert len(runs) == 8 and all(r["state"] == "COMPLETED" for r in runs.values())
+    print(f"\ndask: 8 shards on 2 workers, inference stage {on_dask['stages']['wall_s']['inference']} s "
+          f"(local, 2 threads: {local_run['report']['stages']['wall_s']['inference']} s)")
+
+
+def test_with_no_address_the_shards_run_on_a_local_cluster_of_worker_processes(prefect_backend, case, local_run, tmp_path):
+    on_dask = read_report(benchmark(BenchmarkConfig(**case, store=str(tmp_path / "dask"), shard_size=3, execution="dask", workers=2)))
+    shards = _check_equal_to_local(on_dask, tmp_path / "dask", local_run)
+    pids = {d["usage"]["pid"] for d in shards.values()}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # the cluster's two worker processes, gone with the run
 
 
 def test_a_worker_killed_mid_shard_has_its_shard_run_on_another_and_the_report_is_local_executions(prefect_backend, dask_cluster,
