@@ -32,7 +32,7 @@ class DaskCluster:
 
     def __init__(self, root: Path):
         self.root, self.address = root, f"tcp://127.0.0.1:{free_port()}"
-        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "DASK_TEMPORARY_DIRECTORY": str(root)}  # their scratch space: not /tmp's
         self.processes: dict[str, subprocess.Popen] = {}
         self._spawn("scheduler", DASK, "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1], "--no-dashboard")
 
