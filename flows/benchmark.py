@@ -2,12 +2,14 @@
 latency (one variant at a time) → evaluate → report.
 
 Composition only; each stage lives in ``tasks``. Shards run in parallel threads of this flow run
-(LiteRT's ``invoke()`` releases the GIL), or, with ``execution="deployment"``, as flow runs of the
-per-shard deployment (``flows/shard.py``) on a work pool. With no Prefect server configured the
-flow runs in Prefect's ephemeral mode.
+(LiteRT's ``invoke()`` releases the GIL), with ``execution="deployment"`` as flow runs of the
+per-shard deployment (``flows/shard.py``) on a work pool, or with ``execution="dask"`` as the same
+tasks on the worker processes of a Dask cluster (``prefect_dask.DaskTaskRunner``). With no Prefect
+server configured the flow runs in Prefect's ephemeral mode.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from datetime import datetime, timezone
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from flows.diagnosis import diagnosis_stage
@@ -51,7 +53,7 @@ Diagnosable = Literal[DIAGNOSABLE_VARIANTS]  # type: ignore[valid-type]
 # Settings that decide where and how a run executes, or only check its input (the model's pin: the
 # model digest is in the identity already), never what it computes: left out of the run's identity.
 EXECUTION_SETTINGS = frozenset({"store", "workers", "execution", "shard_deployment", "job_variables", "shard_timeout_s",
-                                "model_sha256"})
+                                "dask_address", "model_sha256"})
 
 
 def default_store() -> str:
@@ -69,7 +71,7 @@ class BenchmarkConfig(BaseModel):
     variants: list[Variant] = Field(list(DEFAULT_VARIANTS), min_length=1, title="Variants", description="Variants: saved_model (TensorFlow baseline); converter float32, float16, int8 (dynamic range), int8_full (calibrated), int16x8; quantizer weight_only_wi8_afp32, dynamic_wi8_afp32, dynamic_legacy_wi8_afp32 (int8 weights of at least 1024 elements only, as the converter's int8), weight_only_wf16_afp32; given (an already quantized .tflite as it is). The default four mean, for a .tflite model: float32, weight_only_wf16_afp32 and dynamic_wi8_afp32 (a float one) or given (an already quantized one).")
     spec: ModelSpec = Field(default_factory=ModelSpec, title="Model spec", description="The detector's head (how its outputs become detections), input convention and postprocessing; empty fields take the head's defaults (quantbench heads lists them).")
     shard_size: int = Field(50, ge=1, title="Images per shard", description="Images per inference task.")
-    workers: int = Field(2, ge=1, title="Shards in flight", description="Shards running at once: threads of this flow run (local execution) or shard flow runs on the work pool (deployment execution).")
+    workers: int = Field(2, ge=1, title="Shards in flight", description="Shards running at once: threads of this flow run (local execution), shard flow runs on the work pool (deployment execution) or worker processes of the local Dask cluster (dask execution with no address; an existing cluster runs as many as its workers have threads).")
     threads: int = Field(1, ge=1, title="Threads per interpreter", description="CPU threads per interpreter (inference and latency).")
     limit: int | None = Field(None, ge=1, title="Image limit", description="Use only the first N images (by image id).")
     store: str | None = Field(None, title="Results store", description="Where results go: a local folder, file:///path or s3://bucket/prefix. Empty: decided where the flow runs, at run time: $QUANTBENCH_STORE there, else the folder quantbench-results in its working directory.")
@@ -77,10 +79,11 @@ class BenchmarkConfig(BaseModel):
     min_score: float = Field(0.0, ge=0.0, le=1.0, title="Minimum score", description="Drop detections scoring below this.")
     calibration_images: str | None = Field(None, title="Calibration images folder", description="Folder (path or s3:// prefix) of images disjoint from the evaluation images, for int8_full/int16x8 calibration and the float32 output comparison. Empty with the demo: its calib split.")
     calibration_count: int = Field(32, ge=1, title="Calibration images used", description="Calibration images used.")
-    execution: Literal["local", "deployment"] = Field("local", title="Execution", description="local: shards run as tasks in this flow run's process; deployment: each shard runs as a flow run of the per-shard deployment on its work pool (its own process or container).")
+    execution: Literal["local", "deployment", "dask"] = Field("local", title="Execution", description="local: shards run as tasks in this flow run's process; deployment: each shard runs as a flow run of the per-shard deployment on its work pool (its own process or container); dask: each shard runs as a task on a worker of the Dask cluster at dask_address (pip install 'quantbench[dask]'; workers need this repo importable and the store reachable).")
     shard_deployment: str = Field("quantbench-shard/shard", title="Shard deployment", description="The per-shard deployment (flow name/deployment name) used when execution is 'deployment'.")
     job_variables: dict = Field(default_factory=dict, title="Shard job variables", description="Work-pool job variables for each shard's flow run, e.g. {\"memory_limit\": \"8Gi\", \"env\": {\"PREFECT_LOGGING_LEVEL\": \"DEBUG\"}} on Kubernetes (mem_limit on Docker): only the keys the pool's template offers (env, labels, memory and CPU); image, command, volumes and privileges are the pool's (deployments/work-pools/).")
-    shard_timeout_s: float = Field(3600.0, gt=0, title="Shard timeout (s)", description="A shard flow run not finished after this long is cancelled and run again (deployment execution).")
+    dask_address: str = Field("", title="Dask scheduler", description="The scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786 (dask execution). Empty: a local cluster of `workers` processes, one thread each, for this run.")
+    shard_timeout_s: float = Field(3600.0, gt=0, title="Shard timeout (s)", description="A shard flow run not finished after this long is cancelled and run again (deployment execution); a shard task still running after this long on its Dask worker fails as TimedOut (dask execution).")
     bootstrap_resamples: int = Field(200, ge=20, title="Bootstrap resamples", description="Paired bootstrap resamples (over images, seeded) for the 95% CIs of ΔAP vs float32 and for regression significance.")
     fail_on_regression: bool = Field(False, title="Fail on regression", description="Publish the report, then fail the run (CLI exit status 3) when it regressed against the previous comparable run in the store.")
     regression_ap_drop: float = Field(0.005, gt=0, le=1, title="Regression: AP drop", description="A significant AP (or ΔAP vs float32) loss of at least this much (AP in 0-1) is a regression.")
@@ -131,7 +134,29 @@ def check_settings(config: BenchmarkConfig) -> None:
     """The settings that need no input read: grid intensity, evaluation backend, the store (reachable, writable)."""
     grid_intensity(config.grid_intensity)
     require_backend(config.eval_backend)
+    if config.execution == "dask":
+        require_dask()
     open_store(config.store).check_writable()
+
+
+def require_dask() -> None:
+    """Fail with one line when prefect-dask is not installed (before any work is done)."""
+    if importlib.util.find_spec("prefect_dask") is None:
+        raise QuantbenchError("execution 'dask' needs prefect-dask and distributed: pip install 'quantbench[dask]'")
+
+
+def shard_task_runner(config: BenchmarkConfig) -> TaskRunner:
+    """Where the inference stage's tasks run: threads of this flow run (local: the shards; deployment: the
+    tasks waiting for their flow runs), or the worker processes of a Dask cluster (dask: the shards)."""
+    if config.execution != "dask":
+        return ThreadPoolTaskRunner(max_workers=config.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    # Processes started (spawned) from this one: its working directory and sys.path, so the repo imports.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": ":0"})
 
 
 @flow(name="quantbench-benchmark")
@@ -187,10 +212,13 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         for v in variants
     ]
     # RAPL only counts here when the shards run here; at most `workers` shards at a time.
-    with clock("inference"), StageMeter(rapl=config.execution == "local") as inference_stage, \
-            ThreadPoolTaskRunner(max_workers=config.workers) as runner:
+    with clock("inference"), StageMeter(rapl=config.execution == "local") as inference_stage, shard_task_runner(config) as runner:
         if config.execution == "local":
             futures = runner.map(infer_shard_task, {"job": jobs})
+        elif config.execution == "dask":
+            # A lost worker's shard is run again by the Dask scheduler on another (same task run); one hung
+            # on a live worker is stopped by Prefect's task timeout there and fails the run.
+            futures = runner.map(infer_shard_task.with_options(timeout_seconds=config.shard_timeout_s), {"job": jobs})
         else:
             futures = runner.map(run_shard_deployment, {"job": jobs, "deployment": unmapped(config.shard_deployment),
                                                         "job_variables": unmapped(config.job_variables),
@@ -237,9 +265,10 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "calibration": calibration.source,
         "shards": shards_run,
         "settings": config.model_dump(include={"shard_size", "workers", "threads", "limit", "latency_images", "min_score", "variants",
-                                               "spec", "calibration_count", "execution", "shard_deployment", "bootstrap_resamples",
-                                               "fail_on_regression", "regression_ap_drop", "regression_size_growth", "grid_intensity", "eval_backend",
-                                               "regression_latency_rise", "diagnose", "diagnose_ops", "diagnose_images"}),
+                                               "spec", "calibration_count", "execution", "shard_deployment", "dask_address",
+                                               "bootstrap_resamples", "fail_on_regression", "regression_ap_drop", "regression_size_growth",
+                                               "grid_intensity", "eval_backend", "regression_latency_rise", "diagnose", "diagnose_ops",
+                                               "diagnose_images"}),
         "host": host,
         "energy": energy,
     }

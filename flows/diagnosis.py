@@ -47,8 +47,8 @@ class Diagnosis:
 
 
 def shard_runner(execution: str, deployment: str, job_variables: dict, timeout_s: float) -> Callable[[ShardJob], ShardOutput]:
-    """How the diagnosis runs a shard: in this process, or as a flow run of the shard deployment."""
-    if execution == "local":
+    """How the diagnosis runs a shard: in this process (local and dask execution), or as a flow run of the shard deployment."""
+    if execution in ("local", "dask"):
         return infer_shard
     return partial(run_shard_deployment.fn, deployment=deployment, job_variables=job_variables, timeout_s=timeout_s)
 
