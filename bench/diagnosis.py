@@ -175,7 +175,7 @@ def report(args, ops_total: dict, runs: list[dict], saved_model_s: float, loads:
     lines = [
         "# `quantbench diagnose` cost on a ~110-op detector (issue 19)\n",
         (f"Command: `PYTHONPATH=. .venv/bin/python bench/diagnosis.py --images {args.images}"
-         f"{f' --ops {args.ops}' if args.ops else ''}`\n"),
+         f"{f' --ops {args.ops}' if args.ops else ''} --eval-backend {args.eval_backend}`\n"),
         (f"Machine: {machine()}. A 2-core VM shared with other engineers: timings are under their load "
          f"(load average {loads[0]} at the start, {loads[1]} at the end).\n"),
         (f"Model: `bench/diagnosis_detector.py` (MobileNetV2-like, random seeded weights, {args.size}x{args.size} uint8 input): "
@@ -203,10 +203,10 @@ def report(args, ops_total: dict, runs: list[dict], saved_model_s: float, loads:
         lines.append(f"| {label}: median | " + " | ".join(f"{median(run[key]):.2f}" for run in runs) + " |")
         lines.append(f"| {label}: total (thread-seconds) | " + " | ".join(f"{sum(run[key]):.1f}" for run in runs) + " |")
     for label, key in (("of which inference (infer_shard + stored shard read)", "infer"),
-                       ("of which COCO evaluation (pycocotools evaluate(), per_image)", "cocoeval"),
+                       (f"of which COCO evaluation ({args.eval_backend} evaluate(), per_image)", "cocoeval"),
                        ("of which building the pseudo ground truth (COCO index)", "truth"),
                        ("of which waiting for the evaluation lock (one evaluation at a time)", "lock"),
-                       ("of which paired bootstrap (200 resamples)", "bootstrap")):
+                       ("of which the op's 200 bootstrap resamples (the variant's are made once)", "bootstrap")):
         if key != "lock":
             lines.append(f"| &nbsp;&nbsp;{label}: median | " + " | ".join(f"{median(run[key]):.2f}" for run in runs) + " |")
         lines.append(f"| &nbsp;&nbsp;{label}: total (thread-seconds) | " + " | ".join(f"{sum(run[key]):.1f}" for run in runs) + " |")
