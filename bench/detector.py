@@ -52,16 +52,24 @@ def build(out_dir: Path, size: int = 416, seed: int = 0) -> Path:
             grid = x.shape[1]
             scores = tf.reshape(tf.sigmoid(tf.nn.conv2d(x, self.classes, 1, "SAME")), [grid * grid, CLASSES])
             shape = tf.reshape(tf.sigmoid(tf.nn.conv2d(x, self.boxes, 1, "SAME")), [grid * grid, 4])
-            best, cells = tf.math.top_k(tf.reduce_max(scores, axis=1), k=DETECTIONS)
-            classes = tf.gather(tf.cast(tf.argmax(scores, axis=1), tf.float32), cells)
-            rows, cols = tf.cast(cells // grid, tf.float32), tf.cast(cells % grid, tf.float32)
-            centre_y, centre_x = (rows + 0.5) / grid, (cols + 0.5) / grid
-            half = tf.gather(shape, cells) * 0.25  # half height/width up to a quarter of the image
-            boxes = tf.clip_by_value(tf.stack([centre_y - half[:, 0], centre_x - half[:, 1],
-                                               centre_y + half[:, 2], centre_x + half[:, 3]], axis=1), 0.0, 1.0)
-            return {"detection_boxes": boxes[None], "detection_scores": best[None], "detection_classes": classes[None],
-                    "num_detections": tf.constant([float(DETECTIONS)])}
+            return detections(tf, scores, shape, grid)
 
     detector = Detector()
     tf.saved_model.save(detector, str(out_dir), signatures={SIGNATURE: detector.serve})
     return out_dir
+
+
+def detections(tf, scores, shape, grid: int) -> dict:
+    """The TF OD API outputs of a grid head: the top-``DETECTIONS`` cells by best class score.
+    ``scores`` is [grid², CLASSES] in [0, 1], ``shape`` [grid², 4] in [0, 1] (half extents up, left,
+    down, right as fractions of a quarter of the image); boxes normalised [ymin, xmin, ymax, xmax]
+    around each cell's centre, classes 0-based indices (float)."""
+    best, cells = tf.math.top_k(tf.reduce_max(scores, axis=1), k=DETECTIONS)
+    classes = tf.gather(tf.cast(tf.argmax(scores, axis=1), tf.float32), cells)
+    rows, cols = tf.cast(cells // grid, tf.float32), tf.cast(cells % grid, tf.float32)
+    centre_y, centre_x = (rows + 0.5) / grid, (cols + 0.5) / grid
+    half = tf.gather(shape, cells) * 0.25  # half height/width up to a quarter of the image
+    boxes = tf.clip_by_value(tf.stack([centre_y - half[:, 0], centre_x - half[:, 1],
+                                       centre_y + half[:, 2], centre_x + half[:, 3]], axis=1), 0.0, 1.0)
+    return {"detection_boxes": boxes[None], "detection_scores": best[None], "detection_classes": classes[None],
+            "num_detections": tf.constant([float(DETECTIONS)])}

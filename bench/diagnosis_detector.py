@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.detector import CLASSES, DETECTIONS, SIGNATURE
+from bench.detector import CLASSES, SIGNATURE, detections
 
 # (expansion, output channels, repeats, first stride) per stage: MobileNetV2 at width 0.5 down to stride 16.
 STAGES = ((1, 8, 1, 1), (6, 16, 2, 2), (6, 16, 3, 2), (6, 32, 4, 2), (6, 48, 3, 1), (6, 48, 3, 1), (6, 64, 1, 1))
@@ -91,15 +91,7 @@ def build(out_dir: Path, size: int = 320, seed: int = 0) -> Path:
             logits = (logits - mean) * tf.math.rsqrt(variance + 1e-6) * LOGIT_STD + LOGIT_BIAS
             scores = tf.reshape(tf.sigmoid(logits), [grid * grid, CLASSES])
             shape = tf.reshape(tf.sigmoid(tf.nn.conv2d(x, self.boxes, 1, "SAME")), [grid * grid, 4])
-            best, cells = tf.math.top_k(tf.reduce_max(scores, axis=1), k=DETECTIONS)
-            classes = tf.gather(tf.cast(tf.argmax(scores, axis=1), tf.float32), cells)
-            rows, cols = tf.cast(cells // grid, tf.float32), tf.cast(cells % grid, tf.float32)
-            centre_y, centre_x = (rows + 0.5) / grid, (cols + 0.5) / grid
-            half = tf.gather(shape, cells) * 0.25  # half height/width up to a quarter of the image
-            boxes = tf.clip_by_value(tf.stack([centre_y - half[:, 0], centre_x - half[:, 1],
-                                               centre_y + half[:, 2], centre_x + half[:, 3]], axis=1), 0.0, 1.0)
-            return {"detection_boxes": boxes[None], "detection_scores": best[None], "detection_classes": classes[None],
-                    "num_detections": tf.constant([float(DETECTIONS)])}
+            return detections(tf, scores, shape, grid)
 
     detector = Detector()
     tf.saved_model.save(detector, str(out_dir), signatures={SIGNATURE: detector.serve})

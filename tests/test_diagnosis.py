@@ -27,15 +27,22 @@ from tests.oracle import SCALE, oracle_tables, write_oracle_dataset
 SIZE, CHANNELS = 32, 8
 
 
-def fragile_model() -> bytes:
-    """float32 ``.tflite``: [1, 32, 32, 3] in [0, 1] → conv 3x3 (3→8, ReLU; channel 0 biased to
-    ~1000) → the fragile conv 1x1 (8→8, ignores channel 0) → conv 3x3 (8→4) → [1, 32, 32, 4]."""
-    tf = pytest.importorskip("tensorflow")
+def fragile_parameters() -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """The seeded generator (for the other weights), the first conv's bias (channel 0 at 1000, the
+    others 0.1) and the fragile 1x1 conv's weights (channel 0's row ~0: it ignores that channel)."""
     rng = np.random.default_rng(19)
     first_bias = np.full(CHANNELS, 0.1, np.float32)
     first_bias[0] = 1000.0
     fragile_weights = rng.normal(0, 1, (1, 1, CHANNELS, CHANNELS)).astype(np.float32)
     fragile_weights[:, :, 0, :] = 1e-4
+    return rng, first_bias, fragile_weights
+
+
+def fragile_model() -> bytes:
+    """float32 ``.tflite``: [1, 32, 32, 3] in [0, 1] → conv 3x3 (3→8, ReLU; channel 0 biased to
+    ~1000) → the fragile conv 1x1 (8→8, ignores channel 0) → conv 3x3 (8→4) → [1, 32, 32, 4]."""
+    tf = pytest.importorskip("tensorflow")
+    rng, first_bias, fragile_weights = fragile_parameters()
 
     class Fragile(tf.Module):
         def __init__(self):
@@ -125,11 +132,7 @@ def fragile_detector(folder, tables) -> bytes:
     tf = pytest.importorskip("tensorflow")
     from tasks.model.conversion import convert
 
-    rng = np.random.default_rng(19)
-    first_bias = np.full(CHANNELS, 0.1, np.float32)
-    first_bias[0] = 1000.0
-    fragile_weights = rng.normal(0, 1, (1, 1, CHANNELS, CHANNELS)).astype(np.float32)
-    fragile_weights[:, :, 0, :] = 1e-4
+    rng, first_bias, fragile_weights = fragile_parameters()
     scale = 1.0 / SCALE
 
     class FragileOracle(tf.Module):
