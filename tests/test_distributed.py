@@ -91,10 +91,21 @@ def test_the_container_work_pools_accept_their_job_templates(cluster):
     assert all("QUANTBENCH_STORE" in pool["variables"]["properties"]["env"]["default"] for pool in (docker, kubernetes))
 
 
+def _post(url: str, body: dict, attempts: int = 5) -> httpx.Response:
+    """POST to the Prefect API as Prefect's own client does: a 503 (the server's "errors clients can
+    retry on", e.g. its SQLite database busy under load) or a 429 is retried after a pause, a bounded
+    number of times."""
+    for attempt in range(attempts):
+        response = httpx.post(url, json=body, timeout=10)
+        if response.status_code not in (429, 503) or attempt == attempts - 1:
+            return response
+        time.sleep(1 + attempt)
+
+
 def _deployment_on(cluster: Cluster, pool: str) -> str:
     """A deployment on ``pool`` of a flow of its own (no worker runs it; the shard flow's runs stay countable)."""
-    flow = httpx.post(f"{cluster.api}/flows/", json={"name": "job-variable-checks"}, timeout=10).json()
-    deployment = httpx.post(f"{cluster.api}/deployments/", timeout=10, json={
+    flow = _post(f"{cluster.api}/flows/", {"name": "job-variable-checks"}).json()
+    deployment = _post(f"{cluster.api}/deployments/", {
         "name": pool, "flow_id": flow["id"], "work_pool_name": pool, "entrypoint": "flows/shard.py:shard_flow"})
     assert deployment.status_code in (200, 201), deployment.text
     return deployment.json()["id"]
@@ -106,7 +117,7 @@ def _deployment_on(cluster: Cluster, pool: str) -> str:
 def test_the_server_refuses_a_run_with_job_variables_its_pool_does_not_offer(cluster, pool, job_variables):
     deployment = _deployment_on(cluster, pool)
     create = f"{cluster.api}/deployments/{deployment}/create_flow_run"
-    refused = httpx.post(create, json={"job_variables": job_variables}, timeout=10)
+    refused = _post(create, {"job_variables": job_variables})
     (key,) = job_variables
     assert refused.status_code == 422 and f"'{key}' was unexpected" in refused.json()["detail"], refused.text
 
@@ -115,7 +126,7 @@ def test_the_server_accepts_the_job_variables_a_pool_offers(cluster):
     # On the Docker pool, which no worker serves here: the flow run stays Scheduled.
     create = f"{cluster.api}/deployments/{_deployment_on(cluster, 'quantbench-docker')}/create_flow_run"
     job_variables = {"env": {"QUANTBENCH_STORE": "s3://bucket/runs"}, "labels": {"team": "cv"}, "mem_limit": "8g"}
-    accepted = httpx.post(create, json={"job_variables": job_variables}, timeout=10)
+    accepted = _post(create, {"job_variables": job_variables})
     assert accepted.status_code == 201 and accepted.json()["job_variables"] == job_variables, accepted.text
 
 
