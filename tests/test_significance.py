@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.score.evaluation import evaluate, ground_truth
-from tasks.score.significance import paired_bootstrap_delta_ap, per_image_evaluation, resampled_ap
+from tasks.score.significance import paired_bootstrap_delta_ap, per_image_evaluation, resampled_ap, resampled_aps
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,22 @@ def test_resample_with_duplicates_is_pycocotools_on_literal_copies(document, det
     expected = pycocotools_ap(ground_truth(copied), copied_detections, copied_ids)
     assert resampled_ap(base, weights) == pytest.approx(expected, abs=1e-9)
     assert resampled_ap(base, weights) != pytest.approx(resampled_ap(base, np.ones(len(ids))), abs=1e-6)
+
+
+def test_many_resamples_at_once_are_pycocotools_on_literal_copies(document, detections, base, monkeypatch):
+    """resampled_aps weights blocks of resamples at once: each row is pycocotools' AP on that
+    resample's literal copies, and the same number as the row alone, bit for bit."""
+    import tasks.score.significance as significance
+
+    ids = list(base.image_ids)
+    draws = np.random.default_rng(5).multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=5)
+    monkeypatch.setattr(significance, "CHUNK_RESAMPLES", 2)  # blocks of 2, 2 and 1
+    values = resampled_aps(base, draws)
+    for weights, value in zip(draws, values):
+        copied, copied_detections, copied_ids = literal_copies(document, detections, ids, weights)
+        assert value == pytest.approx(pycocotools_ap(ground_truth(copied), copied_detections, copied_ids), abs=1e-12)
+        assert value == resampled_ap(base, weights)
+    assert len(set(values)) == len(values)
 
 
 def test_identical_variant_has_zero_interval(gt, detections, image_ids, base):

@@ -84,11 +84,12 @@ def backend_ground_truth(gt, backend: str = "pycocotools"):
     return gt if isinstance(gt, _faster_coco_eval().COCO) else ground_truth(gt.dataset, backend)
 
 
-def ground_truth(document: dict, backend: str = "pycocotools"):
-    """The annotations ``document`` as ``backend``'s ``COCO`` (over a deep copy: evaluation adds to it)."""
+def ground_truth(document: dict, backend: str = "pycocotools", owned: bool = False):
+    """The annotations ``document`` as ``backend``'s ``COCO``: over a deep copy (evaluation adds to
+    it), or over ``document`` itself when the caller ``owned`` it (read for this evaluation only)."""
     _check_backend(backend)
     coco = COCO() if backend == "pycocotools" else _faster_coco_eval().COCO()
-    coco.dataset = copy.deepcopy(document)
+    coco.dataset = document if owned else copy.deepcopy(document)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -105,18 +106,26 @@ def has_segmentation(detections: list[dict]) -> bool:
     return with_masks > 0
 
 
-def _results(gt, detections: list[dict], iou_type: str = "bbox"):
+def _results(gt, detections: list[dict], iou_type: str = "bbox", owned: bool = False):
     """The detections as a results ``COCO`` of ``gt``'s own class (pycocotools' or
-    faster-coco-eval's), each IoU type with only its own geometry (see the module docstring)."""
+    faster-coco-eval's), each IoU type with only its own geometry (see the module docstring).
+
+    ``loadRes`` adds keys to each detection dict (``id``, ``area``, ``iscrowd``; for boxes a
+    polygon ``segmentation``) and changes nothing nested in it, so it gets a new dict per
+    detection, or, when the caller ``owned`` the list and its dicts carry no other geometry,
+    the dicts themselves (the detections of one evaluation read from the store: no second copy)."""
     if detections:
-        if iou_type == "segm":
-            if not has_segmentation(detections):
-                raise ValueError("segm evaluation needs detections with a 'segmentation' (RLE)")
+        other = "bbox" if iou_type == "segm" else "segmentation"
+        if iou_type == "segm" and not has_segmentation(detections):
+            raise ValueError("segm evaluation needs detections with a 'segmentation' (RLE)")
+        if owned and not any(other in d for d in detections):
+            own = detections
+        elif iou_type == "segm":
             own = [{k: v for k, v in d.items() if k != "bbox"} for d in detections]
         else:
-            own = [{k: v for k, v in d.items() if k != "segmentation"} if "bbox" in d else d for d in detections]
+            own = [{k: v for k, v in d.items() if k != "segmentation"} if "bbox" in d else dict(d) for d in detections]
         with contextlib.redirect_stdout(io.StringIO()):
-            return gt.loadRes(copy.deepcopy(own))
+            return gt.loadRes(own)
     empty = type(gt)()
     empty.dataset = {"images": list(gt.dataset["images"]), "categories": copy.deepcopy(gt.dataset["categories"]), "annotations": []}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -130,17 +139,17 @@ def defined(value: float) -> float | None:
 
 
 def make_evaluator(gt, detections: list[dict], image_ids: list[int], iou_type: str = "bbox", backend: str = "pycocotools",
-                   per_image: bool = False):
+                   per_image: bool = False, owned: bool = False):
     """A COCOeval of ``backend`` for ``detections`` on ``image_ids``, not yet run (:func:`run_evaluator`).
 
     ``gt`` is a pycocotools ``COCO`` (:func:`ground_truth`) or already the backend's own
     (:func:`backend_ground_truth`). faster-coco-eval keeps its per-image matching only when
     ``per_image`` (``separate_eval``: evaluate, then accumulate, as pycocotools does; without it
-    the two are one C++ call)."""
+    the two are one C++ call). ``owned``: see :func:`_results`."""
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, not {iou_type!r}")
     gt = backend_ground_truth(gt, backend)
-    results = _results(gt, detections, iou_type)
+    results = _results(gt, detections, iou_type, owned)
     if backend == "pycocotools":
         evaluator = COCOeval(gt, results, iou_type)
     else:
@@ -172,7 +181,7 @@ def summary(evaluator) -> dict:
 
 
 def evaluate(gt, detections: list[dict], image_ids: list[int], iou_type: str = "bbox", per_image: bool = False,
-             backend: str = "pycocotools") -> dict:
+             backend: str = "pycocotools", owned: bool = False) -> dict:
     """The 12 COCO summary stats and per-category AP (IoU .5:.95, all areas, 100 dets).
 
     ``iou_type`` is ``"bbox"`` or ``"segm"`` (the detections' ``segmentation`` RLEs, judged with
@@ -182,7 +191,8 @@ def evaluate(gt, detections: list[dict], image_ids: list[int], iou_type: str = "
     ``per_image``, also ``"per_image"``: the same evaluation's per-image matching
     (:class:`tasks.score.matching.PerImageEval`, None without images), for bootstrap CIs.
     ``backend`` is one of :data:`EVAL_BACKENDS` (``gt`` as for :func:`make_evaluator`): the same
-    numbers, up to the last bit (see the module docstring).
+    numbers, up to the last bit (see the module docstring). ``owned``: the caller hands over the
+    detections (read for this evaluation only; see :func:`_results`).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, not {iou_type!r}")
@@ -190,7 +200,7 @@ def evaluate(gt, detections: list[dict], image_ids: list[int], iou_type: str = "
     if not image_ids:
         return {"stats": dict.fromkeys(STAT_NAMES), "per_category_AP": {c["name"]: None for c in gt.dataset["categories"]}, "images": 0,
                 **({"per_image": None} if per_image else {})}
-    evaluator = make_evaluator(gt, detections, image_ids, iou_type, backend, per_image)
+    evaluator = make_evaluator(gt, detections, image_ids, iou_type, backend, per_image, owned)
     run_evaluator(evaluator)
     result = {**summary(evaluator), "images": len(image_ids)}
     if per_image:
@@ -200,17 +210,17 @@ def evaluate(gt, detections: list[dict], image_ids: list[int], iou_type: str = "
 
 
 def evaluate_all(gt, detections: list[dict], image_ids: list[int], segm: bool | None = None, per_image: bool = False,
-                 backend: str = "pycocotools") -> dict:
+                 backend: str = "pycocotools", owned: bool = False) -> dict:
     """``{"bbox": evaluate(..., "bbox"), "segm": evaluate(..., "segm")}``; ``"segm"`` is there when
     ``segm`` is true, or (``segm=None``) when the detections carry segmentations. Pass ``segm=True``
     for a mask model so that a run with no detections at all still reports (zero) mask AP.
-    ``backend`` as for :func:`evaluate` (the ground truth is converted to it once for both)."""
+    ``backend`` and ``owned`` as for :func:`evaluate` (the ground truth is converted to the backend once for both)."""
     if segm is None:
         segm = has_segmentation(detections)
     gt = backend_ground_truth(gt, backend)
-    results = {"bbox": evaluate(gt, detections, image_ids, "bbox", per_image, backend)}
+    results = {"bbox": evaluate(gt, detections, image_ids, "bbox", per_image, backend, owned)}
     if segm:
-        results["segm"] = evaluate(gt, detections, image_ids, "segm", per_image, backend)
+        results["segm"] = evaluate(gt, detections, image_ids, "segm", per_image, backend, owned)
     return results
 
 
@@ -225,7 +235,7 @@ def evaluate_task(annotations_url: str, detections_url: str, image_ids: list[int
     from tasks.data.dataset import read_annotations
 
     store, key = split_url(detections_url)
-    results = evaluate_all(ground_truth(read_annotations(annotations_url), backend), store.read_json(key), image_ids,
-                           per_image=True, backend=backend)
+    results = evaluate_all(ground_truth(read_annotations(annotations_url), backend, owned=True), store.read_json(key), image_ids,
+                           per_image=True, backend=backend, owned=True)
     per_image = {iou_type: result.pop("per_image") for iou_type, result in results.items()}
     return {**results["bbox"], **({"segm": results["segm"]} if "segm" in results else {}), "per_image": per_image}

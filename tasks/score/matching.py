@@ -28,13 +28,24 @@ class ImageResult(NamedTuple):
 
 
 class CategoryRanking(NamedTuple):
-    """One category's detections over all images, in ``accumulate()``'s order (image order, then
-    a stable sort by descending score); the order does not depend on the image weights."""
+    """One category's detections over all images, in ``accumulate()``'s order (image order, then a
+    stable sort by descending score; the order does not depend on image weights), kept as what a
+    re-accumulation with image weights needs (:func:`tasks.score.significance.resampled_aps`).
 
-    image_index: np.ndarray  # (D,) int: position of the detection's image in PerImageEval.image_ids
-    true_positive: np.ndarray  # (T, D) bool: matched and not ignored
-    false_positive: np.ndarray  # (T, D) bool: unmatched and not ignored
+    Only true positives can raise the precision envelope, so only they are listed per IoU threshold;
+    a false positive counts through the false positives ranked before each true positive. Most
+    false positives are false at every threshold (``always_false``, listed once); the rest are
+    listed per threshold (``other_false``). Images are positions in ``PerImageEval.image_ids``; lists
+    are padded with the image position ``I`` (one past the last: weight 0 when resampling) and with
+    the counts of the last real entry, so padding never adds a count or a precision."""
+
     ground_truths: np.ndarray  # (I,) float: non-ignored ground truths per image
+    detections: int  # D: the category's detections (ranked, at most 100 per image)
+    always_false: np.ndarray  # (A,) int: image of each detection unmatched and not ignored at every threshold, in rank order
+    hits: np.ndarray  # (T, L) int: image of each true positive (matched, not ignored) at threshold t, in rank order
+    always_false_before: np.ndarray  # (T, L) int: always_false detections ranked before that true positive
+    other_false: np.ndarray  # (T, E) int: image of each other false positive at threshold t, in rank order
+    other_false_before: np.ndarray  # (T, E) int → (T, L): other false positives at t ranked before that true positive
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +69,13 @@ class PerImageEval:
 
 def per_image_from_evaluator(evaluator: COCOeval) -> PerImageEval:
     """The per-image matching of a COCOeval whose ``evaluate()`` has run (no second evaluation)."""
-    return _per_image(evaluator.params, evaluator.evalImgs.__getitem__)
+    max_detections = evaluator.params.maxDets[-1]
+
+    def result(n: int) -> ImageResult | None:
+        found = evaluator.evalImgs[n]
+        return None if found is None else _image_result(found, max_detections)
+
+    return _per_image(evaluator, result)
 
 
 def per_image_from_faster_evaluator(evaluator) -> PerImageEval:
@@ -70,29 +87,41 @@ def per_image_from_faster_evaluator(evaluator) -> PerImageEval:
     ground_truth_ignores, detection_ignores, matched pairs)``, the (T, D) arrays flattened row by
     row, a match being the matched annotation's id or 0. A pair with neither ground truth nor
     detections is an empty result there, where pycocotools has None."""
-    n_thresholds = len(evaluator.params.iouThrs)
+    n_thresholds, max_detections = len(evaluator.params.iouThrs), evaluator.params.maxDets[-1]
+    evaluated = evaluator._evalImgs_cpp
 
-    def entry(n: int) -> dict | None:
-        matches, _, scores, gt_ignores, dt_ignores, _ = evaluator._evalImgs_cpp[n].__getstate__()
+    def result(n: int) -> ImageResult | None:
+        matches, _, scores, gt_ignores, dt_ignores, _ = evaluated[n].__getstate__()
         if not scores and not gt_ignores:
             return None
         shape = (n_thresholds, len(scores))
-        return {"dtScores": scores, "dtMatches": np.reshape(matches, shape), "dtIgnore": np.reshape(dt_ignores, shape), "gtIgnore": gt_ignores}
+        return ImageResult(
+            scores=np.array(scores[:max_detections], dtype=float),
+            matched=(np.array(matches).reshape(shape) != 0)[:, :max_detections],
+            ignored=np.array(dt_ignores, dtype=bool).reshape(shape)[:, :max_detections],
+            ground_truths=len(gt_ignores) - sum(map(bool, gt_ignores)),
+        )
 
-    return _per_image(evaluator.params, entry)
+    return _per_image(evaluator, result)
 
 
-def _per_image(params, entry) -> PerImageEval:
-    """The matching at area range ``all`` from ``entry(n)``: ``evalImgs[n]`` as pycocotools has it
-    (a dict, or None), ordered by category, area range, image."""
+def _per_image(evaluator, result) -> PerImageEval:
+    """The matching at area range ``all``: ``result(n)`` is the :class:`ImageResult` (or None) of
+    ``evalImgs[n]``, which pycocotools orders by category, area range, image. Only the (category,
+    image) pairs with a ground truth or a detection are read: the others have no result."""
+    params = evaluator.params
     n_images, n_areas = len(params.imgIds), len(params.areaRng)
     area = params.areaRngLbl.index("all")
+    image_index = {image_id: i for i, image_id in enumerate(params.imgIds)}
+    category_index = {category_id: k for k, category_id in enumerate(params.catIds)}
+    pairs = {(category_index[a["category_id"]], image_index[a["image_id"]])
+             for coco in (evaluator.cocoGt, evaluator.cocoDt) for a in coco.anns.values()
+             if a["image_id"] in image_index and a["category_id"] in category_index}
     results = {}
-    for k in range(len(params.catIds)):
-        for i in range(n_images):
-            found = entry((k * n_areas + area) * n_images + i)
-            if found is not None:
-                results[k, i] = _image_result(found, params.maxDets[-1])
+    for k, i in sorted(pairs):
+        found = result((k * n_areas + area) * n_images + i)
+        if found is not None:
+            results[k, i] = found
     return PerImageEval(
         image_ids=tuple(int(i) for i in params.imgIds),
         category_ids=tuple(int(c) for c in params.catIds),
@@ -112,26 +141,45 @@ def _image_result(entry: dict, max_detections: int) -> ImageResult:
 
 
 def _category_ranking(per_image: PerImageEval, k: int) -> CategoryRanking:
-    """Concatenate category ``k``'s detections over the images in image order and sort them by
-    descending score with a stable mergesort, as ``accumulate()`` does."""
-    n_thresholds = len(per_image.iou_thresholds)
-    ground_truths = np.zeros(len(per_image.image_ids))
+    """Concatenate category ``k``'s detections over the images in image order, sort them by
+    descending score with a stable mergesort, as ``accumulate()`` does, and list them as
+    :class:`CategoryRanking` keeps them."""
+    n_thresholds, n_images = len(per_image.iou_thresholds), len(per_image.image_ids)
+    ground_truths = np.zeros(n_images)
     parts = []
-    for i in range(len(per_image.image_ids)):
+    for i in range(n_images):
         result = per_image.results.get((k, i))
         if result is not None:
             ground_truths[i] = result.ground_truths
             parts.append((i, result))
     if not parts:
-        none = np.zeros((n_thresholds, 0), bool)
-        return CategoryRanking(np.zeros(0, int), none, none, ground_truths)
+        empty = np.zeros((n_thresholds, 0), int)
+        return CategoryRanking(ground_truths, 0, np.zeros(0, int), empty, empty, empty, empty)
     order = np.argsort(-np.concatenate([r.scores for _, r in parts]), kind="mergesort")
-    image_index = np.concatenate([np.full(r.scores.size, i) for i, r in parts])
+    image_index = np.concatenate([np.full(r.scores.size, i) for i, r in parts])[order]
     matched = np.concatenate([r.matched for _, r in parts], axis=1)[:, order]
     ignored = np.concatenate([r.ignored for _, r in parts], axis=1)[:, order]
+    true_positive, false_positive = matched & ~ignored, ~matched & ~ignored
+    always = false_positive.all(axis=0)
+    always_positions = np.flatnonzero(always)
+    hit_positions = [np.flatnonzero(row) for row in true_positive]
+    other_positions = [np.flatnonzero(row & ~always) for row in false_positive]
     return CategoryRanking(
-        image_index=image_index[order],
-        true_positive=matched & ~ignored,
-        false_positive=~matched & ~ignored,
         ground_truths=ground_truths,
+        detections=int(order.size),
+        always_false=image_index[always_positions],
+        hits=_padded([image_index[h] for h in hit_positions], n_images),
+        always_false_before=_padded([np.searchsorted(always_positions, h) for h in hit_positions], always_positions.size),
+        other_false=_padded([image_index[o] for o in other_positions], n_images),
+        other_false_before=_padded([np.searchsorted(o, h) for o, h in zip(other_positions, hit_positions)],
+                                   [o.size for o in other_positions]),
     )
+
+
+def _padded(rows: list[np.ndarray], pad) -> np.ndarray:
+    """``rows`` as one (len(rows), longest) int array, each row padded with ``pad`` (one value, or one per row)."""
+    pads = np.broadcast_to(pad, (len(rows),))
+    out = np.empty((len(rows), max(row.size for row in rows)), dtype=np.int64)
+    for row, values, fill in zip(out, rows, pads):
+        row[:values.size], row[values.size:] = values, fill
+    return out

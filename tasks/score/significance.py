@@ -70,36 +70,102 @@ def resampled_ap(per_image: PerImageEval, weights: np.ndarray) -> float:
     weights = np.asarray(weights, dtype=float)
     if weights.shape != (len(per_image.image_ids),):
         raise ValueError(f"weights must have shape ({len(per_image.image_ids)},), not {weights.shape}")
+    return float(resampled_aps(per_image, weights[np.newaxis])[0])
+
+
+# Elements of one (resamples x thresholds, detections) array in :func:`resampled_aps`: small enough
+# to stay in the CPU's cache (int64/float64: 512 KB), large enough that numpy's per-call cost is small;
+# and at most this many resamples at once (their [T, R, K] precision arrays: 0.65 MB each for COCO).
+CHUNK_ELEMENTS = 65_536
+CHUNK_RESAMPLES = 8
+
+
+def resampled_aps(per_image: PerImageEval, weights: np.ndarray) -> np.ndarray:
+    """:func:`resampled_ap` of every row of ``weights`` (resamples x images: counts), as one array.
+
+    The same numbers as ``accumulate()`` with the counts as multiplicities, bit for bit, computed
+    for blocks of resamples at once and only where they can matter (see :func:`_category_precision`)."""
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or weights.shape[1] != len(per_image.image_ids):
+        raise ValueError(f"weights must have shape (resamples, {len(per_image.image_ids)}), not {weights.shape}")
+    if not np.array_equal(weights, np.round(weights)) or (weights < 0).any():
+        raise ValueError("weights must be counts (non-negative integers): how many times each image was drawn")
+    # One more image, never drawn: the padding of every ranking's lists (weight 0).
+    weights = np.hstack([weights.astype(np.int64), np.zeros((len(weights), 1), np.int64)])
     thresholds = per_image.recall_thresholds
-    precision = -np.ones((len(per_image.iou_thresholds), len(thresholds), len(per_image.category_ids)))
-    for k, ranking in enumerate(per_image._rankings):
-        category_precision = _category_precision(ranking, weights, thresholds)
-        if category_precision is not None:
-            precision[:, :, k] = category_precision
-    defined = precision[precision > -1]
-    return float(np.mean(defined)) if defined.size else -1.0
+    n_thresholds, n_categories = len(per_image.iou_thresholds), len(per_image.category_ids)
+    widest = max((max(r.always_false.size, n_thresholds * max(r.hits.shape[1], r.other_false.shape[1])) for r in per_image._rankings),
+                 default=0)
+    block = max(1, min(CHUNK_RESAMPLES, CHUNK_ELEMENTS // max(1, widest)))
+    aps = np.empty(len(weights))
+    for start in range(0, len(weights), block):
+        rows = weights[start:start + block]
+        precision = np.full((len(rows), n_thresholds, thresholds.size, n_categories), -1.0)  # pycocotools' [T, R, K] per resample
+        for k, ranking in enumerate(per_image._rankings):
+            _category_precision(ranking, rows, thresholds, precision[..., k])
+        for r, values in enumerate(precision):
+            defined = values[values > -1]  # the order and the mean of pycocotools' summarize()
+            aps[start + r] = float(np.mean(defined)) if defined.size else -1.0
+    return aps
 
 
-def _category_precision(ranking: CategoryRanking, weights: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray | None:
-    """(T, R) interpolated precision of one category at each recall threshold, or None when the
-    resample has no ground truth of it (pycocotools then leaves -1)."""
-    n_ground_truths = float(weights @ ranking.ground_truths)
-    if n_ground_truths == 0:
-        return None
-    n_detections = ranking.image_index.size
-    precision = np.zeros((ranking.true_positive.shape[0], recall_thresholds.size))
-    if n_detections == 0:
-        return precision
-    detection_weights = weights[ranking.image_index]
-    tp = np.cumsum(ranking.true_positive * detection_weights, axis=1)
-    fp = np.cumsum(ranking.false_positive * detection_weights, axis=1)
-    recall = tp / n_ground_truths
-    envelope = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
-    first_reaching = np.array([np.searchsorted(row, recall_thresholds, side="left") for row in recall])
-    reached = first_reaching < n_detections
-    values = np.take_along_axis(envelope, np.minimum(first_reaching, n_detections - 1), axis=1)
-    precision[reached] = values[reached]
-    return precision
+def _category_precision(ranking: CategoryRanking, weights: np.ndarray, recall_thresholds: np.ndarray, out: np.ndarray) -> None:
+    """Fill ``out`` (resamples, T, R) with one category's interpolated precision at each recall
+    threshold for each row of ``weights`` (resamples, images + 1: the last column 0); rows whose
+    resample has no ground truth of it keep -1 (as pycocotools leaves them).
+
+    ``accumulate()`` sums the true and false positives down the ranking, takes the precision
+    envelope from the right and reads it where the recall first reaches each threshold. With
+    counts every sum is an integer (int64, exact), so recall ``tp / n`` and precision
+    ``tp / (fp + tp + eps)`` are the float64 numbers ``accumulate()`` computes. Evaluated only at
+    the true positives: the recall first reaches a threshold at a true positive (or, at recall 0,
+    at the top, before which precision is 0), and every other detection's precision is at most
+    that of the true positive above it (same tp, more fp), so the envelope there is the maximum
+    over the true positives below. The first reaching is found among the integer sums: the fewest
+    true positives ``m`` with ``m / n >= threshold`` in float64 (:func:`_fewest_reaching`), then the
+    first true positive whose sum is at least ``m`` (one ``searchsorted`` for every row)."""
+    n_ground_truths = weights[:, :-1] @ ranking.ground_truths
+    has_truth = n_ground_truths > 0
+    if not has_truth.any():
+        return
+    out[has_truth] = 0.0
+    n_thresholds, n_hits = ranking.hits.shape
+    if n_hits == 0:  # no true positive at any threshold: precision 0 wherever recall is reached
+        return
+    rows = np.flatnonzero(has_truth)
+    drawn = weights[rows]
+    always_false = np.zeros((len(rows), ranking.always_false.size + 1), np.int64)
+    np.cumsum(drawn[:, ranking.always_false], axis=1, out=always_false[:, 1:])
+    other_false = np.zeros((len(rows) * n_thresholds, ranking.other_false.shape[1] + 1), np.int64)
+    np.cumsum(drawn[:, ranking.other_false].reshape(len(other_false), -1), axis=1, out=other_false[:, 1:])
+    fp = (always_false[:, ranking.always_false_before].reshape(-1, n_hits)
+          + np.take_along_axis(other_false, np.tile(ranking.other_false_before, (len(rows), 1)), axis=1))
+    tp = np.cumsum(drawn[:, ranking.hits].reshape(-1, n_hits), axis=1)  # (resamples x T, L)
+    reversed_precision = np.ascontiguousarray((tp / (fp + tp + np.spacing(1)))[:, ::-1])
+    envelope = np.maximum.accumulate(reversed_precision, axis=1)[:, ::-1]
+    fewest = np.repeat(_fewest_reaching(n_ground_truths[rows], recall_thresholds), n_thresholds, axis=0)  # (resamples x T, R)
+    spacing = int(n_ground_truths[rows].max()) + 1  # every sum and every m of a row lie in [0, spacing)
+    offsets = np.arange(len(tp), dtype=np.int64)[:, np.newaxis] * spacing
+    first_reaching = np.searchsorted((tp + offsets).ravel(), (fewest + offsets).ravel(), side="left").reshape(fewest.shape)
+    first_reaching -= np.arange(len(tp))[:, np.newaxis] * n_hits
+    reached = first_reaching < n_hits
+    values = np.take_along_axis(envelope, np.minimum(first_reaching, n_hits - 1), axis=1)
+    out[rows] = np.where(reached, values, 0.0).reshape(len(rows), n_thresholds, -1)
+
+
+def _fewest_reaching(n_ground_truths: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray:
+    """(resamples, R) int64: for each ground-truth count ``n`` (positive integers) the smallest
+    integer ``m >= 0`` with ``m / n >= threshold`` computed in float64, as ``accumulate()`` compares
+    a recall with a threshold. Starts from ``ceil(threshold * n)`` and corrects its rounding."""
+    n = n_ground_truths.astype(float)[:, np.newaxis]
+    fewest = np.ceil(recall_thresholds * n).astype(np.int64)
+    for _ in range(4):
+        lower = (fewest > 0) & ((fewest - 1) / n >= recall_thresholds)
+        higher = fewest / n < recall_thresholds
+        if not (lower.any() or higher.any()):
+            return fewest
+        fewest += higher.astype(np.int64) - lower.astype(np.int64)
+    raise AssertionError("the fewest true positives reaching a recall threshold did not settle")
 
 
 def _check_paired(evals: Sequence[PerImageEval]) -> None:
@@ -136,7 +202,7 @@ def resample(evaluation: PerImageEval, resamples: int = 200, seed: int = 0) -> R
     if value == -1.0:  # no ground truth at all: undefined on every resample too (and no image may be left to draw)
         return Resampled(evaluation, value, np.full(resamples, -1.0), resamples, seed)
     draws = np.random.default_rng(seed).multinomial(n_images, np.full(n_images, 1 / n_images), size=resamples)
-    return Resampled(evaluation, value, np.array([resampled_ap(evaluation, weights) for weights in draws]), resamples, seed)
+    return Resampled(evaluation, value, resampled_aps(evaluation, draws), resamples, seed)
 
 
 def combined_interval(resampled: Sequence[Resampled], coefficients: Sequence[float], confidence: float = 0.95) -> dict:
