@@ -117,3 +117,21 @@ def test_a_cached_model_copy_is_used_only_with_the_checked_digest(s3_env):
                                               r"conversion task checked it \(expected sha256 [0-9a-f]{64}, got [0-9a-f]{64}\)"):
         local_model_path(url, checked)
     assert not cached.exists()  # the changed object's copy is not kept
+
+
+def test_gather_writes_the_shards_detections_in_order_as_one_json_list(tmp_path):
+    """The merged detections are the shards' lists concatenated in shard order, as json.dumps writes
+    the whole list (streamed shard by shard: an empty shard adds nothing)."""
+    store = open_store(str(tmp_path))
+    shards = [[{"image_id": 1, "category_id": 3, "bbox": [1.5, 2.0, 3.25, 4.0], "score": 0.9}], [],
+              [{"image_id": 3, "category_id": 1, "bbox": [0.0, 0.0, 1.0, 1.0], "score": 0.5},
+               {"image_id": 3, "category_id": 2, "bbox": [2.0, 2.0, 1.0, 1.0], "score": 0.25}]]
+    outputs = []
+    for index, detections in enumerate(shards):
+        data = json.dumps({"detections": detections, "done_image_ids": [index + 1], "failed": [], "outside_categories": {}}).encode()
+        key = f"shards/float32/{index}.json"
+        write_recorded(store, key, data)
+        outputs.append(ShardOutput("float32", index, key, 1, len(detections), 0, {}, 0.0, reused=False, sha256=sha256_hex(data)))
+    gathered = gather_variant("float32", outputs[::-1], [1, 2, 3], store.url, "runs/r")
+    assert gathered.detections == 3
+    assert store.read_bytes("runs/r/detections/float32.json") == json.dumps([d for shard in shards for d in shard]).encode()

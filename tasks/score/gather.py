@@ -39,10 +39,15 @@ def checked_shard(store, output: ShardOutput) -> bytes:
 
 def gather_variant(variant: str, outputs: list[ShardOutput], expected_image_ids: list[int], store_url: str, run_prefix: str) -> GatheredVariant:
     store = open_store(store_url)
-    detections, done, failed, outside = [], [], [], {}
+    # Each shard's detections are written back to JSON text as soon as they are read: the merged list
+    # is never held as Python objects (~0.6 KB each), only as its JSON (~0.1 KB each), and the text is
+    # the bytes json.dumps gives for the whole list.
+    parts, n_detections, done, failed, outside = [], 0, [], [], {}
     for output in sorted(outputs, key=lambda o: o.shard_index):
         stored = json.loads(checked_shard(store, output))
-        detections += stored["detections"]
+        if stored["detections"]:
+            parts.append(json.dumps(stored["detections"])[1:-1])
+            n_detections += len(stored["detections"])
         done += stored["done_image_ids"]
         failed += stored["failed"]
         for category, count in stored["outside_categories"].items():
@@ -54,8 +59,8 @@ def gather_variant(variant: str, outputs: list[ShardOutput], expected_image_ids:
             f"{variant}: shard outputs cover {len(seen)} images, expected {len(expected_image_ids)} "
             f"(first missing ids: {missing}); nothing was published for this variant"
         )
-    url = store.write_json(f"{run_prefix}/detections/{variant}.json", detections)
-    return GatheredVariant(variant, url, len(detections), tuple(sorted(done)), tuple(failed), dict(sorted(outside.items())))
+    url = store.write_bytes(f"{run_prefix}/detections/{variant}.json", ("[" + ", ".join(parts) + "]").encode())
+    return GatheredVariant(variant, url, n_detections, tuple(sorted(done)), tuple(failed), dict(sorted(outside.items())))
 
 
 @task(name="gather", task_run_name="gather-{variant}", cache_policy=NO_CACHE, **STORE_RETRIES)
