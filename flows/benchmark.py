@@ -39,10 +39,10 @@ from tasks.run.inference import ShardJob, infer_shard_task, run_shard_deployment
 from tasks.run.latency import host_info, latency_task
 from tasks.run.progress import follow as follow_progress
 from tasks.run.usage import StageClock, StageMeter, inference_summary, run_stages
-from tasks.score.evaluation import EVAL_BACKENDS, evaluate_task, require_backend
+from tasks.score.evaluation import EVAL_BACKENDS, require_backend
 from tasks.score.diagnosis import store_name
 from tasks.score.gather import gather_variant_task
-from tasks.score.significance import significance_task
+from tasks.score.steps import evaluate_task, significance_task
 from tasks.store.errors import QuantbenchError
 from tasks.store.object_store import cache_dir, open_store
 
@@ -229,9 +229,10 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
     shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}
     logger.info("shards: %(computed)d computed, %(reused)d reused from the store", shards_run)
 
-    # Everything below runs one task at a time, so latency is measured with nothing else running.
+    # Latency is measured one variant at a time with nothing else running; then the variants are
+    # scored, `workers` at a time, each in a process of its own (tasks.score.scoring).
     expected_ids = [record.id for record in dataset.images]
-    results, per_image = [], {}
+    measured = {}
     for variant in variants:
         variant_outputs = [o for o in outputs if o.variant == store_name(variant)]
         with clock("gather"):
@@ -248,9 +249,18 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         with clock("comparison"):
             differences = ({} if variant == "float32" or "float32" not in artifacts else
                            compare_task(artifacts[variant], artifacts["float32"], calibration))
-        with clock("evaluation"):
-            metrics = evaluate_task(dataset.annotations_url, gathered.detections_url, list(gathered.done_image_ids), config.eval_backend)
-        per_image[variant] = metrics.pop("per_image")
+        measured[variant] = (variant_outputs, gathered, latency, differences)
+    with clock("evaluation"), ThreadPoolTaskRunner(max_workers=config.workers) as runner:
+        futures = runner.map(evaluate_task, {
+            "annotations_url": unmapped(dataset.annotations_url), "detections_url": [measured[v][1].detections_url for v in variants],
+            "image_ids": [list(measured[v][1].done_image_ids) for v in variants], "backend": unmapped(config.eval_backend),
+            "resamples": unmapped(config.bootstrap_resamples), "variant": variants})
+        scores = dict(zip(variants, (future.result() for future in futures)))
+    results, per_image, resampled = [], {}, {}
+    for variant in variants:
+        variant_outputs, gathered, latency, differences = measured[variant]
+        metrics = scores[variant]
+        per_image[variant], resampled[variant] = metrics.pop("per_image"), metrics.pop("resampled")
         inference = inference_summary(variant_outputs)
         results.append(VariantResult(artifacts[variant], gathered, metrics, latency, differences,
                                      {**inference, **variant_energy(inference, energy)}))
@@ -273,7 +283,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         "energy": energy,
     }
     with clock("significance"):
-        significance = significance_task(per_image, config.bootstrap_resamples)
+        significance = significance_task(resampled)
     with clock("report"):
         report = build_report(run, results, significance, diagnosis.report if diagnosis else None)
         thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)

@@ -32,13 +32,14 @@ from tasks.score.evaluation import (
     EVAL_BACKENDS,
     evaluate,
     evaluate_all,
-    evaluate_task,
     ground_truth,
     make_evaluator,
     run_evaluator,
     summary,
 )
 from tasks.run.inference import ShardJob, infer_shard
+from tasks.score.matching import image_results
+from tasks.score.steps import evaluate_task
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = "faster-coco-eval"
@@ -133,9 +134,18 @@ def assert_same_matching(expected, actual) -> None:
     assert actual.image_ids == expected.image_ids and actual.category_ids == expected.category_ids
     assert np.array_equal(actual.recall_thresholds, expected.recall_thresholds)
     assert np.array_equal(actual.iou_thresholds, expected.iou_thresholds)
-    assert actual.results.keys() == expected.results.keys()
-    for pair, result in expected.results.items():
-        other = actual.results[pair]
+    assert len(actual.rankings) == len(expected.rankings) == len(expected.category_ids)
+    for k, (ranking, other) in enumerate(zip(expected.rankings, actual.rankings)):
+        assert ranking.detections == other.detections, k
+        for field in ranking._fields:
+            assert np.array_equal(getattr(ranking, field), getattr(other, field)), (k, field)
+
+
+def assert_same_image_results(expected: dict, actual: dict) -> None:
+    """Two :func:`tasks.score.matching.image_results` hold the same matching, pair by pair."""
+    assert actual.keys() == expected.keys()
+    for pair, result in expected.items():
+        other = actual[pair]
         assert result.ground_truths == other.ground_truths, pair
         for field in ("scores", "matched", "ignored"):
             assert np.array_equal(getattr(result, field), getattr(other, field)), (pair, field)
@@ -162,6 +172,9 @@ def test_per_image_matching_is_identical(request, name, iou_type):
     assert 0.2 < reference["stats"]["AP"] < 0.95  # a real test: neither all wrong nor all right
     assert fast["images"] == reference["images"] == len(image_ids)
     assert_same_matching(reference["per_image"], fast["per_image"])
+    evaluators = _evaluators(dataset, iou_type)
+    assert_same_image_results(image_results(evaluators["pycocotools"]), image_results(evaluators[FAST]))
+    assert sum(r.detections for r in reference["per_image"].rankings) == sum(r.scores.size for r in image_results(evaluators[FAST]).values())
 
 
 @pytest.mark.parametrize(("name", "iou_type", "max_ulp"), [
@@ -224,7 +237,7 @@ def test_evaluate_task_takes_the_backend(mini, tmp_path):
     for iou_type in ("bbox", "segm"):
         assert_same_matching(reference["per_image"][iou_type], fast["per_image"][iou_type])
     direct = evaluate_all(ground_truth(mini["document"]), mini["segm"], mini["image_ids"], backend=FAST)
-    assert {k: v for k, v in fast.items() if k not in ("segm", "per_image")} == direct["bbox"] and fast["segm"] == direct["segm"]
+    assert {k: v for k, v in fast.items() if k not in ("segm", "per_image", "resampled")} == direct["bbox"] and fast["segm"] == direct["segm"]
 
 
 def test_unknown_backend_is_refused(mini):

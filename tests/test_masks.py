@@ -16,7 +16,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from tasks.data.coco_format import coco_to_od_api_boxes, od_api_to_coco
-from tasks.score.evaluation import evaluate, evaluate_all, evaluate_task, ground_truth
+from tasks.score.evaluation import evaluate, evaluate_all, ground_truth
+from tasks.score.steps import evaluate_task
 from tasks.data.masks import encode_rle, reframe_box_masks
 from tests.mask_oracle import ground_truth_as_mask_model_outputs, ground_truth_mask_detections
 
@@ -429,11 +430,11 @@ def test_evaluate_task_adds_segm_only_for_mask_detections(synthetic, tmp_path):
     with_masks.write_text(json.dumps(detections))
     boxes_only.write_text(json.dumps([{k: v for k, v in d.items() if k != "segmentation"} for d in detections]))
     plain = evaluate_task.fn(str(annotations), str(boxes_only), [1, 2, 3])
-    assert list(plain.pop("per_image")) == ["bbox"]
+    assert list(plain.pop("per_image")) == list(plain.pop("resampled")) == ["bbox"]
     assert plain == evaluate(gt, json.loads(boxes_only.read_text()), [1, 2, 3])  # unchanged shape and numbers
     assert set(plain) == {"stats", "per_category_AP", "images"}
     both = evaluate_task.fn(str(annotations), str(with_masks), [1, 2, 3])
-    assert list(both.pop("per_image")) == ["bbox", "segm"]
+    assert list(both.pop("per_image")) == list(both.pop("resampled")) == ["bbox", "segm"]
     assert {k: v for k, v in both.items() if k != "segm"} == plain
     assert both["segm"]["stats"]["AP"] == 1.0 and set(both["segm"]) == {"stats", "per_category_AP", "images"}
 

@@ -93,3 +93,35 @@ def test_the_latency_criterion_needs_a_large_rise_and_no_overlapping_round():
     assert not latency_regressed({"p50": 24.0, "p50_rounds": [23.0, 24.0, 25.0]}, before, 1.5)  # within 2.5x
     assert not latency_regressed({"p50": 26.0, "p50_rounds": [11.0, 26.0, 27.0]}, before, 1.5)  # a round as fast as before
     assert latency_regressed({"p50": 26.0}, {"p50": 10.0}, 1.5)  # reports from before timing rounds
+
+
+def test_the_previous_run_is_evaluated_again_only_when_a_drop_reaches_the_threshold(coco_mini, tmp_path, monkeypatch):
+    """A night whose APs did not drop re-evaluates nothing (at COCO scale that is minutes and GBs);
+    a drop is still judged on both runs' detections, with its bootstrap CI."""
+    import json
+
+    import tasks.nightly.regression as regression
+    from tasks.score.evaluation import ground_truth
+    from tasks.score.significance import per_image_evaluation
+    from tests.test_significance import noisy_detections
+
+    document = json.loads((coco_mini / "instances_train2017_subset.json").read_text())
+    gt, image_ids = ground_truth(document), [image["id"] for image in document["images"]]
+    good, poor = noisy_detections(document, seed=0), [d for d in noisy_detections(document, seed=1) if d["score"] < 0.6]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "poor.json").write_text(json.dumps(poor))
+
+    def report(detections: str, ap: float) -> dict:
+        entry = {"variant": "float32", "bbox": {"AP": ap}, "failures": [], "model_bytes": 100, "latency": {"p50": 1.0},
+                 "detections": (tmp_path / detections).as_uri()}
+        return {"variants": [entry]}
+
+    evaluated = []
+    monkeypatch.setattr(regression, "per_image_evaluation", lambda *args: evaluated.append(args[-1]) or per_image_evaluation(*args))
+    thresholds = regression.Thresholds(0.005, 0.01, 1.5)
+    current = {"float32": {"bbox": per_image_evaluation(gt, good, image_ids)}}
+    assert regression.detect(report("good.json", 0.5), report("good.json", 0.5), current, gt, thresholds, 50) == []
+    assert evaluated == []
+    dropped = {"float32": {"bbox": per_image_evaluation(gt, poor, image_ids)}}
+    [found] = regression.detect(report("poor.json", 0.3), report("good.json", 0.5), dropped, gt, thresholds, 50)
+    assert evaluated == ["bbox"] and found["metric"] == "AP" and found["ci"][1] < 0

@@ -82,18 +82,6 @@ def find_predecessor(store: Store, report: dict) -> dict | None:
     return max(candidates, key=lambda r: (r["created"], r["run_id"]), default=None)
 
 
-def _previous_evaluations(previous: dict, gt, image_ids: list[int]) -> dict[str, dict[str, PerImageEval]]:
-    """Per variant of ``previous``, its detections' per-image evaluation on ``image_ids``."""
-    evaluations = {}
-    for entry in previous["variants"]:
-        store, key = split_url(entry["detections"])
-        detections = store.read_json(key)
-        evaluations[entry["variant"]] = {"bbox": per_image_evaluation(gt, detections, image_ids, "bbox")}
-        if "segm" in entry:
-            evaluations[entry["variant"]]["segm"] = per_image_evaluation(gt, detections, image_ids, "segm")
-    return evaluations
-
-
 def _significant_drop(evals: list[PerImageEval], coefficients: list[float], resamples: int, seed: int) -> list[float] | None:
     """The bootstrap CI of the change when it lies entirely below 0, else None."""
     result = paired_bootstrap(evals, coefficients, resamples, seed)
@@ -111,9 +99,19 @@ def detect(current: dict, previous: dict, current_evals: dict[str, dict[str, Per
     common = [v for v in now if v in before]
     failed = {f["image_id"] for runs in (now, before) for v in common for f in runs[v]["failures"]}
     image_ids = sorted(set(current_evals[common[0]]["bbox"].image_ids) - failed) if common else []
-    evaluate_now = {v: {t: e if list(e.image_ids) == image_ids else per_image_evaluation(gt, _detections(now[v]), image_ids, t)
-                        for t, e in current_evals[v].items()} for v in common}
-    evaluate_before = _previous_evaluations({**previous, "variants": [before[v] for v in common]}, gt, image_ids)
+    evaluations: dict[tuple[str, str, str], PerImageEval] = {}
+
+    def evaluation(run: str, variant: str, iou_type: str) -> PerImageEval:
+        """A run's per-image evaluation of a variant on ``image_ids``: the current run's as it is when it
+        covers them, else (and for the previous run) computed from the stored detections, once and only
+        when a drop reaches its threshold (a night without one evaluates nothing again)."""
+        key = (run, variant, iou_type)
+        if key not in evaluations:
+            current = current_evals[variant][iou_type] if run == "now" else None
+            evaluations[key] = (current if current is not None and list(current.image_ids) == image_ids else
+                                per_image_evaluation(gt, _detections((now if run == "now" else before)[variant]), image_ids, iou_type))
+        return evaluations[key]
+
     regressions = []
 
     def add(variant: str, metric: str, old: float, new: float, ci: list[float] | None, threshold: float) -> None:
@@ -122,17 +120,18 @@ def detect(current: dict, previous: dict, current_evals: dict[str, dict[str, Per
 
     for v in common:
         for iou_type, metric, key in (("bbox", "AP", "bbox"), ("segm", "mask_AP", "segm")):
-            if key not in now[v] or key not in before[v] or iou_type not in evaluate_now[v] or iou_type not in evaluate_before[v]:
+            if key not in now[v] or key not in before[v] or iou_type not in current_evals[v]:
                 continue
             old, new = before[v][key]["AP"], now[v][key]["AP"]
             if old is not None and new is not None and new - old <= -thresholds.ap_drop:
-                ci = _significant_drop([evaluate_before[v][iou_type], evaluate_now[v][iou_type]], [-1.0, 1.0], resamples, seed)
+                ci = _significant_drop([evaluation("before", v, iou_type), evaluation("now", v, iou_type)], [-1.0, 1.0], resamples, seed)
                 if ci:
                     add(v, metric, old, new, ci, -thresholds.ap_drop)
         old_delta, new_delta = before[v].get("delta_AP_vs_float32"), now[v].get("delta_AP_vs_float32")
         if (v != "float32" and "float32" in common and old_delta is not None and new_delta is not None
                 and new_delta - old_delta <= -thresholds.ap_drop):
-            evals = [evaluate_now[v]["bbox"], evaluate_now["float32"]["bbox"], evaluate_before[v]["bbox"], evaluate_before["float32"]["bbox"]]
+            evals = [evaluation("now", v, "bbox"), evaluation("now", "float32", "bbox"), evaluation("before", v, "bbox"),
+                     evaluation("before", "float32", "bbox")]
             ci = _significant_drop(evals, [1.0, -1.0, -1.0, 1.0], resamples, seed)
             if ci:
                 add(v, "delta_AP_vs_float32", old_delta, new_delta, ci, -thresholds.ap_drop)

@@ -39,7 +39,7 @@ def run_identity(settings: dict, model_digest: str, dataset_digest: str) -> str:
 class VariantResult:
     artifact: ModelArtifact
     gathered: GatheredVariant
-    metrics: dict  # from tasks.score.evaluation.evaluate_task: bbox stats, and "segm" for mask models
+    metrics: dict  # from tasks.score.steps.evaluate_task: bbox stats, and "segm" for mask models
     latency: dict  # from tasks.run.latency.measure_latency
     differences: dict  # output name -> max |variant - float32| on the comparison batch
     inference: dict  # from tasks.run.usage.inference_summary: how fast this variant's shards ran
@@ -47,7 +47,7 @@ class VariantResult:
 
 def variant_entry(result: VariantResult, float32: VariantResult | None, significance: dict | None = None) -> dict:
     """The report.json entry of one variant (sizes in bytes, latency in ms). ``significance`` is
-    this variant's paired bootstrap vs float32 per IoU type (``tasks.score.significance.significance_task``)."""
+    this variant's paired bootstrap vs float32 per IoU type (``tasks.score.steps.significance_task``)."""
     stats = result.metrics["stats"]
     entry = {
         "variant": result.artifact.variant,

@@ -29,14 +29,11 @@ import io
 import logging
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.store.errors import STORE_RETRIES, QuantbenchError
-from tasks.score.matching import per_image_from_evaluator, per_image_from_faster_evaluator
-from tasks.store.object_store import split_url
+from tasks.store.errors import QuantbenchError
+from tasks.score.matching import per_image_from_evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +201,7 @@ def evaluate(gt, detections: list[dict], image_ids: list[int], iou_type: str = "
     run_evaluator(evaluator)
     result = {**summary(evaluator), "images": len(image_ids)}
     if per_image:
-        from_evaluator = per_image_from_evaluator if backend == "pycocotools" else per_image_from_faster_evaluator
-        result["per_image"] = from_evaluator(evaluator)
+        result["per_image"] = per_image_from_evaluator(evaluator)
     return result
 
 
@@ -222,20 +218,3 @@ def evaluate_all(gt, detections: list[dict], image_ids: list[int], segm: bool | 
     if segm:
         results["segm"] = evaluate(gt, detections, image_ids, "segm", per_image, backend, owned)
     return results
-
-
-@task(name="evaluate", cache_policy=NO_CACHE, **STORE_RETRIES)
-def evaluate_task(annotations_url: str, detections_url: str, image_ids: list[int], backend: str = "pycocotools") -> dict:
-    """Evaluate stored detections against the annotations (a local path or store URL), with the
-    evaluation ``backend`` (one of :data:`EVAL_BACKENDS`; see :func:`evaluate`).
-
-    Returns :func:`evaluate`'s bbox result; when the detections carry segmentations it also has a
-    ``"segm"`` key holding the same structure for masks (bbox-only detections: unchanged). Its
-    ``"per_image"`` holds each IoU type's per-image matching: ``{"bbox": PerImageEval, "segm": …}``."""
-    from tasks.data.dataset import read_annotations
-
-    store, key = split_url(detections_url)
-    results = evaluate_all(ground_truth(read_annotations(annotations_url), backend, owned=True), store.read_json(key), image_ids,
-                           per_image=True, backend=backend, owned=True)
-    per_image = {iou_type: result.pop("per_image") for iou_type, result in results.items()}
-    return {**results["bbox"], **({"segm": results["segm"]} if "segm" in results else {}), "per_image": per_image}

@@ -1,15 +1,15 @@
-"""Per-image matching of COCO detections: pycocotools' ``evaluate()`` result kept per (category,
-image), so AP can be re-accumulated with images weighted (:mod:`tasks.score.significance`).
+"""Per-image matching of COCO detections: pycocotools' ``evaluate()`` result per (category, image)
+(:func:`image_results`), kept as each category's ranking, so that AP can be re-accumulated with
+images weighted (:mod:`tasks.score.significance`).
 
 Read from a pycocotools ``COCOeval`` or a faster-coco-eval ``COCOeval_faster`` whose ``evaluate()``
-has run (:func:`per_image_from_evaluator`, :func:`per_image_from_faster_evaluator`), at area range
+has run (:func:`per_image_from_evaluator`), at area range
 ``all`` and at most ``maxDets[-1]`` (100) detections per image, in pycocotools' orders: detections
 by descending score, categories and images by id.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -50,66 +50,50 @@ class CategoryRanking(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class PerImageEval:
-    """pycocotools' per-image matching of one set of detections, ready for resampling.
-
-    ``results[(k, i)]`` is the :class:`ImageResult` of ``category_ids[k]`` in ``image_ids[i]``;
-    pairs where the image has neither ground truth nor detections of the category are absent.
-    ``image_ids`` are sorted and unique, as pycocotools evaluates them."""
+    """pycocotools' per-image matching of one set of detections, ready for resampling: for each
+    category (``category_ids`` order) its :class:`CategoryRanking` over ``image_ids`` (sorted and
+    unique, as pycocotools evaluates them). Small (about 8 bytes per detection) and picklable:
+    what an evaluation keeps, and sends back from a process of its own."""
 
     image_ids: tuple[int, ...]
     category_ids: tuple[int, ...]
     recall_thresholds: np.ndarray  # (R,) ascending, pycocotools' params.recThrs (0:.01:1)
     iou_thresholds: np.ndarray  # (T,) pycocotools' params.iouThrs (.50:.05:.95)
-    results: dict[tuple[int, int], ImageResult] = field(repr=False)
-
-    @cached_property
-    def _rankings(self) -> list[CategoryRanking]:
-        return [_category_ranking(self, k) for k in range(len(self.category_ids))]
+    rankings: tuple[CategoryRanking, ...] = field(repr=False)
 
 
-def per_image_from_evaluator(evaluator: COCOeval) -> PerImageEval:
-    """The per-image matching of a COCOeval whose ``evaluate()`` has run (no second evaluation)."""
-    max_detections = evaluator.params.maxDets[-1]
+def image_results(evaluator) -> dict[tuple[int, int], ImageResult]:
+    """``{(k, i): ImageResult}``: the matching of category ``params.catIds[k]`` in image
+    ``params.imgIds[i]`` of a pycocotools ``COCOeval`` or a faster-coco-eval ``COCOeval_faster``
+    made with ``separate_eval=True``, whose ``evaluate()`` has run; pairs with neither ground truth
+    nor detections are absent.
 
-    def result(n: int) -> ImageResult | None:
-        found = evaluator.evalImgs[n]
-        return None if found is None else _image_result(found, max_detections)
-
-    return _per_image(evaluator, result)
-
-
-def per_image_from_faster_evaluator(evaluator) -> PerImageEval:
-    """:func:`per_image_from_evaluator` for a faster-coco-eval ``COCOeval_faster`` made with
-    ``separate_eval=True`` whose ``evaluate()`` has run: the same matching, read from its C++
-    per-image results (``_evalImgs_cpp``, in ``evalImgs``' order).
-
-    Each one's pickle state is ``(detection_matches, ground_truth_matches, detection_scores,
+    faster-coco-eval's per-image results (``_evalImgs_cpp``, in ``evalImgs``' order) are read from
+    each one's pickle state, ``(detection_matches, ground_truth_matches, detection_scores,
     ground_truth_ignores, detection_ignores, matched pairs)``, the (T, D) arrays flattened row by
-    row, a match being the matched annotation's id or 0. A pair with neither ground truth nor
-    detections is an empty result there, where pycocotools has None."""
-    n_thresholds, max_detections = len(evaluator.params.iouThrs), evaluator.params.maxDets[-1]
-    evaluated = evaluator._evalImgs_cpp
-
-    def result(n: int) -> ImageResult | None:
-        matches, _, scores, gt_ignores, dt_ignores, _ = evaluated[n].__getstate__()
-        if not scores and not gt_ignores:
-            return None
-        shape = (n_thresholds, len(scores))
-        return ImageResult(
-            scores=np.array(scores[:max_detections], dtype=float),
-            matched=(np.array(matches).reshape(shape) != 0)[:, :max_detections],
-            ignored=np.array(dt_ignores, dtype=bool).reshape(shape)[:, :max_detections],
-            ground_truths=len(gt_ignores) - sum(map(bool, gt_ignores)),
-        )
-
-    return _per_image(evaluator, result)
-
-
-def _per_image(evaluator, result) -> PerImageEval:
-    """The matching at area range ``all``: ``result(n)`` is the :class:`ImageResult` (or None) of
-    ``evalImgs[n]``, which pycocotools orders by category, area range, image. Only the (category,
-    image) pairs with a ground truth or a detection are read: the others have no result."""
+    row, a match being the matched annotation's id or 0."""
     params = evaluator.params
+    max_detections = params.maxDets[-1]
+    if isinstance(evaluator, COCOeval):
+        def result(n: int) -> ImageResult | None:
+            found = evaluator.evalImgs[n]
+            return None if found is None else _image_result(found, max_detections)
+    else:
+        n_thresholds, evaluated = len(params.iouThrs), evaluator._evalImgs_cpp
+
+        def result(n: int) -> ImageResult | None:
+            matches, _, scores, gt_ignores, dt_ignores, _ = evaluated[n].__getstate__()
+            if not scores and not gt_ignores:
+                return None
+            shape = (n_thresholds, len(scores))
+            return ImageResult(
+                scores=np.array(scores[:max_detections], dtype=float),
+                matched=(np.array(matches).reshape(shape) != 0)[:, :max_detections],
+                ignored=np.array(dt_ignores, dtype=bool).reshape(shape)[:, :max_detections],
+                ground_truths=len(gt_ignores) - sum(map(bool, gt_ignores)),
+            )
+
+    # Only the pairs with a ground truth or a detection are read: the others have no result.
     n_images, n_areas = len(params.imgIds), len(params.areaRng)
     area = params.areaRngLbl.index("all")
     image_index = {image_id: i for i, image_id in enumerate(params.imgIds)}
@@ -122,12 +106,23 @@ def _per_image(evaluator, result) -> PerImageEval:
         found = result((k * n_areas + area) * n_images + i)
         if found is not None:
             results[k, i] = found
+    return results
+
+
+def per_image_from_evaluator(evaluator) -> PerImageEval:
+    """The per-image matching of a pycocotools ``COCOeval`` or a faster-coco-eval
+    ``COCOeval_faster`` (``separate_eval=True``) whose ``evaluate()`` has run (no second evaluation)."""
+    params = evaluator.params
+    n_images, n_thresholds = len(params.imgIds), len(params.iouThrs)
+    by_category: dict[int, list[tuple[int, ImageResult]]] = {}
+    for (k, i), result in image_results(evaluator).items():
+        by_category.setdefault(k, []).append((i, result))
     return PerImageEval(
         image_ids=tuple(int(i) for i in params.imgIds),
         category_ids=tuple(int(c) for c in params.catIds),
         recall_thresholds=np.asarray(params.recThrs, dtype=float),
         iou_thresholds=np.asarray(params.iouThrs, dtype=float),
-        results=results,
+        rankings=tuple(_category_ranking(by_category.get(k, []), n_images, n_thresholds) for k in range(len(params.catIds))),
     )
 
 
@@ -140,21 +135,16 @@ def _image_result(entry: dict, max_detections: int) -> ImageResult:
     )
 
 
-def _category_ranking(per_image: PerImageEval, k: int) -> CategoryRanking:
-    """Concatenate category ``k``'s detections over the images in image order, sort them by
-    descending score with a stable mergesort, as ``accumulate()`` does, and list them as
+def _category_ranking(parts: list[tuple[int, ImageResult]], n_images: int, n_thresholds: int) -> CategoryRanking:
+    """One category's results ``(image position, ImageResult)`` in image order, concatenated and
+    sorted by descending score with a stable mergesort, as ``accumulate()`` does, and listed as
     :class:`CategoryRanking` keeps them."""
-    n_thresholds, n_images = len(per_image.iou_thresholds), len(per_image.image_ids)
     ground_truths = np.zeros(n_images)
-    parts = []
-    for i in range(n_images):
-        result = per_image.results.get((k, i))
-        if result is not None:
-            ground_truths[i] = result.ground_truths
-            parts.append((i, result))
+    for i, result in parts:
+        ground_truths[i] = result.ground_truths
     if not parts:
-        empty = np.zeros((n_thresholds, 0), int)
-        return CategoryRanking(ground_truths, 0, np.zeros(0, int), empty, empty, empty, empty)
+        empty = np.zeros((n_thresholds, 0), np.int64)
+        return CategoryRanking(ground_truths, 0, np.zeros(0, np.int64), empty, empty, empty, empty)
     order = np.argsort(-np.concatenate([r.scores for _, r in parts]), kind="mergesort")
     image_index = np.concatenate([np.full(r.scores.size, i) for i, r in parts])[order]
     matched = np.concatenate([r.matched for _, r in parts], axis=1)[:, order]

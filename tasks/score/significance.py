@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -94,14 +92,14 @@ def resampled_aps(per_image: PerImageEval, weights: np.ndarray) -> np.ndarray:
     weights = np.hstack([weights.astype(np.int64), np.zeros((len(weights), 1), np.int64)])
     thresholds = per_image.recall_thresholds
     n_thresholds, n_categories = len(per_image.iou_thresholds), len(per_image.category_ids)
-    widest = max((max(r.always_false.size, n_thresholds * max(r.hits.shape[1], r.other_false.shape[1])) for r in per_image._rankings),
+    widest = max((max(r.always_false.size, n_thresholds * max(r.hits.shape[1], r.other_false.shape[1])) for r in per_image.rankings),
                  default=0)
     block = max(1, min(CHUNK_RESAMPLES, CHUNK_ELEMENTS // max(1, widest)))
     aps = np.empty(len(weights))
     for start in range(0, len(weights), block):
         rows = weights[start:start + block]
         precision = np.full((len(rows), n_thresholds, thresholds.size, n_categories), -1.0)  # pycocotools' [T, R, K] per resample
-        for k, ranking in enumerate(per_image._rankings):
+        for k, ranking in enumerate(per_image.rankings):
             _category_precision(ranking, rows, thresholds, precision[..., k])
         for r, values in enumerate(precision):
             defined = values[values > -1]  # the order and the mean of pycocotools' summarize()
@@ -254,23 +252,3 @@ def delta_interval(base: Resampled, other: Resampled, confidence: float = 0.95) 
     """:func:`paired_bootstrap_delta_ap` of two evaluations already resampled alike."""
     result = combined_interval([base, other], [-1.0, 1.0], confidence)
     return {"delta": result.pop("value"), **result}
-
-
-@task(name="significance", cache_policy=NO_CACHE)
-def significance_task(per_image: dict[str, dict[str, PerImageEval | None]], resamples: int, seed: int = 0) -> dict[str, dict[str, dict]]:
-    """Paired bootstrap of ΔAP vs float32 for every other variant and IoU type.
-
-    ``per_image[variant][iou_type]`` are the per-image evaluations of one run. Returns
-    ``{variant: {iou_type: {"delta", "ci", "resamples", "seed"}}}``; a pair evaluated on different
-    images (different failures) gets no entry rather than an unpaired interval."""
-    base = {iou_type: resample(reference, resamples, seed)  # float32 resampled once, paired with every variant
-            for iou_type, reference in (per_image.get("float32") or {}).items() if reference is not None}
-    significance: dict[str, dict[str, dict]] = {}
-    for variant, evaluations in per_image.items():
-        if variant == "float32":
-            continue
-        for iou_type, evaluation in evaluations.items():
-            reference = base.get(iou_type)
-            if evaluation is not None and reference is not None and evaluation.image_ids == reference.evaluation.image_ids:
-                significance.setdefault(variant, {})[iou_type] = delta_interval(reference, resample(evaluation, resamples, seed))
-    return significance
