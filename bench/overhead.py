@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench.performance import REPO, process_pool_server, table
@@ -92,6 +93,16 @@ def skipped(mode: str, reason: str) -> dict:
     return {"mode": mode, "notes": f"skipped: {reason}"}
 
 
+def attempted(mode: str, measurement) -> dict:
+    """An optional mode's row: ``measurement()``, or its failure in one line (the traceback to stderr)."""
+    try:
+        return measurement()
+    except Exception as error:  # noqa: BLE001 — an optional mode's failure is reported, the other rows kept
+        traceback.print_exc()
+        last = ([line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__])[-1]
+        return {"mode": mode, "notes": f"failed: {last[:160]}"}
+
+
 # ---------------------------------------------------------------------------------------------
 # the workload
 # ---------------------------------------------------------------------------------------------
@@ -106,17 +117,22 @@ class Workload:
         self.models: Path | None = None  # the first run's models/ folder, copied into each later store
 
     def config(self, shard_size: int, **execution) -> dict:
+        """A run's config: a fresh folder store unless ``execution`` names a store of its own."""
         self.runs += 1
-        store = self.work / "stores" / f"run-{self.runs}"
-        store.mkdir(parents=True)
-        store.chmod(0o777)  # container workers write as their image's user
-        if self.models:
-            shutil.copytree(self.models, store / "models")
-        elif self.runs == 1:
-            self.models = store / "models"
+        if "store" not in execution:
+            store = self.work / "stores" / f"run-{self.runs}"
+            store.mkdir(parents=True)
+            store.chmod(0o777)  # container workers write as their image's user
+            if self.models:
+                shutil.copytree(self.models, store / "models")
+                for path in (store / "models").rglob("*"):  # stored 0600 (atomic writes): readable by container workers
+                    path.chmod(0o755 if path.is_dir() else 0o644)
+            else:
+                self.models = store / "models"
+            execution = {**execution, "store": str(store)}
         return {"annotations": str(self.annotations), "images": str(self.annotations.parent), "limit": self.images,
                 "variants": ["float32"], "shard_size": shard_size, "workers": IN_FLIGHT, "latency_images": 1,
-                "bootstrap_resamples": 20, "store": str(store), **execution}
+                "bootstrap_resamples": 20, **execution}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +190,7 @@ class DaskCluster:
 
 
 def dask_mode(mode: str, cluster, workload: Workload, args, image: str | None = None) -> dict:
-    dask = DaskCluster(workload.work / mode.replace(" ", "-"), image, workload.work)
+    dask = DaskCluster(workload.work / ("dask-containers" if image else "dask"), image, workload.work)
     try:
         dask.start_workers(IN_FLIGHT)
         where = f"in {image} containers, scheduler here" if image else "on 127.0.0.1"
@@ -241,10 +257,9 @@ def docker_pool(cluster, workload: Workload):
                    **{name: f"{{{{ prefect.blocks.secret.{block} }}}}" for name, block in blocks.items()}}
 
             def config(shard_size: int) -> dict:
-                local = workload.config(shard_size)
-                return {**local, "annotations": f"s3://quantbench/data/{workload.annotations.name}", "images": "s3://quantbench/data",
-                        "store": f"s3://quantbench/run-{workload.runs}", "execution": "deployment",
-                        "job_variables": {"env": env, "labels": docker_engine.LABELS}}
+                return {**workload.config(shard_size, store=f"s3://quantbench/run-{workload.runs + 1}", execution="deployment",
+                                          job_variables={"env": env, "labels": docker_engine.LABELS}),
+                        "annotations": f"s3://quantbench/data/{workload.annotations.name}", "images": "s3://quantbench/data"}
             yield config
         finally:
             if worker:
@@ -253,6 +268,12 @@ def docker_pool(cluster, workload: Workload):
             cluster.env["QUANTBENCH_CODE_DIR"] = code_dir
             os.environ.clear()
             os.environ.update(saved)
+
+
+def docker_pool_mode(cluster, workload: Workload, args) -> dict:
+    with docker_pool(cluster, workload) as config:
+        return measure("Docker work pool", cluster, config, args.images, args.rounds,
+                       "1 docker worker polling every 1 s; each shard a flow run in a fresh container; S3 store", False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(dask_mode("Dask, worker processes", cluster, workload, args))
         if args.with_containers:
             problem = container_problem(SLIM, "dask", "--version")
-            rows.append(skipped("Dask, workers in containers", problem) if problem else
-                        dask_mode("Dask, workers in containers", cluster, workload, args, SLIM))
-        if not args.skip_pool:
+            mode = "Dask, workers in containers"
+            rows.append(skipped(mode, problem) if problem else attempted(mode, lambda: dask_mode(mode, cluster, workload, args, SLIM)))
+        if args.skip_pool:
+            rows.append(skipped("process work pool", "not asked for (--skip-pool)"))
+        else:
             workers = [cluster.start_worker(f"overhead-worker-{n}") for n in range(1, IN_FLIGHT + 1)]
             try:
                 rows.append(measure("process work pool", cluster, lambda size: workload.config(size, execution="deployment"),
@@ -315,12 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     cluster.kill(worker)
         if args.with_containers:
             problem = container_problem(FULL)
-            if problem:
-                rows.append(skipped("Docker work pool", problem))
-            else:
-                with docker_pool(cluster, workload) as config:
-                    rows.append(measure("Docker work pool", cluster, config, args.images, args.rounds,
-                                        "1 docker worker polling every 1 s; each shard a flow run in a fresh container; S3 store", False))
+            rows.append(skipped("Docker work pool", problem) if problem else
+                        attempted("Docker work pool", lambda: docker_pool_mode(cluster, workload, args)))
         if not args.with_containers:
             rows += [skipped(mode, "not asked for (--with-containers)") for mode in ("Dask, workers in containers", "Docker work pool")]
 
