@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import statistics
@@ -254,15 +255,7 @@ def process_pool_overhead(work: Path) -> dict:
     process start and imports, Prefect's engine, storing and reporting."""
     from datetime import datetime
 
-    from tests.prefect_server import PREFECT, Cluster
-
-    cluster = Cluster(work / "cluster")
-    (work / "cluster").mkdir()
-    try:
-        cluster.start_server()
-        cluster.run(PREFECT, "work-pool", "create", "quantbench-process", "--type", "process",
-                    "--base-job-template", str(REPO / "deployments" / "work-pools" / "process.json"))
-        cluster.run(PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
+    with process_pool_server(work / "cluster") as cluster:
         for n in (1, 2):
             cluster.start_worker(f"bench-worker-{n}")
         store = work / "pool-store"
@@ -279,6 +272,23 @@ def process_pool_overhead(work: Path) -> dict:
         return {"shards": len(overheads), "overhead_median_s": statistics.median(overheads), "overhead_max_s": max(overheads),
                 "worker_rss_mb": {v["variant"]: v["inference"]["peak_rss_mb"] for v in report["variants"]},
                 "cpu_s_per_image": {v["variant"]: v["inference"]["cpu_s_per_image"] for v in report["variants"]}}
+
+
+@contextlib.contextmanager
+def process_pool_server(root: Path):
+    """A real Prefect server (``tests.prefect_server.Cluster`` under ``root``, created here) with the
+    ``quantbench-process`` work pool and the project's deployments on it, no worker yet; every
+    process started against it is killed on exit."""
+    from tests.prefect_server import PREFECT, Cluster
+
+    root.mkdir(parents=True)
+    cluster = Cluster(root)
+    try:
+        cluster.start_server()
+        cluster.run(PREFECT, "work-pool", "create", "quantbench-process", "--type", "process",
+                    "--base-job-template", str(REPO / "deployments" / "work-pools" / "process.json"))
+        cluster.run(PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml"))
+        yield cluster
     finally:
         cluster.stop()
 
