@@ -256,11 +256,11 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
             "image_ids": [list(measured[v][1].done_image_ids) for v in variants], "backend": unmapped(config.eval_backend),
             "resamples": unmapped(config.bootstrap_resamples), "variant": variants})
         scores = dict(zip(variants, (future.result() for future in futures)))
-    results, per_image, resampled = [], {}, {}
+    results, per_image, resampled, scoring = [], {}, {}, {}
     for variant in variants:
         variant_outputs, gathered, latency, differences = measured[variant]
         metrics = scores[variant]
-        per_image[variant], resampled[variant] = metrics.pop("per_image"), metrics.pop("resampled")
+        per_image[variant], resampled[variant], scoring[variant] = metrics.pop("per_image"), metrics.pop("resampled"), metrics.pop("process")
         inference = inference_summary(variant_outputs)
         results.append(VariantResult(artifacts[variant], gathered, metrics, latency, differences,
                                      {**inference, **variant_energy(inference, energy)}))
@@ -289,7 +289,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
         thresholds = Thresholds(config.regression_ap_drop, config.regression_size_growth, config.regression_latency_rise)
         report["compared_with"], report["regressions"] = regression_task(report, per_image, dataset.annotations_url, config.store,
                                                                          thresholds, config.bootstrap_resamples)
-    report["stages"] = run_stages(clock, flow_started, outputs, inference_stage)
+    report["stages"] = run_stages(clock, flow_started, outputs, inference_stage, scoring)
     url = report_task(report, config.store, run_prefix)
     logger.info("report: %s (page: %s)", url, presentation_task(report, url, config.store, run_prefix))
     logger.info("stages (s): %s; publishing %.1f", ", ".join(f"{k} {v}" for k, v in report["stages"]["wall_s"].items()),

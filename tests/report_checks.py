@@ -22,3 +22,7 @@ def check_inference(report: dict, variants: int, shards_per_variant: int) -> Non
     stages = report["stages"]["wall_s"]
     assert set(stages) >= {"startup", "inputs", "conversion", "inference", "latency", "evaluation", "report"}
     assert all(seconds is None or seconds >= 0 for seconds in stages.values())
+    scoring = report["stages"]["scoring"]  # each variant scored in a process of its own, its peak memory recorded
+    assert set(scoring) == {entry["variant"] for entry in report["variants"]}
+    assert all(process["wall_s"] > 0 and process["peak_rss_mb"] > 20 for process in scoring.values())
+    assert report["stages"]["flow_peak_rss_mb"] > 20

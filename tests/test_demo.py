@@ -64,6 +64,9 @@ def test_every_variant_says_how_fast_its_inference_ran_and_what_it_cost(demo_run
     # each variant is still charged its decode CPU.
     assert stages["decoded_images"]["decoded"] + stages["decoded_images"]["shared"] == 4 * 200
     assert stages["decoded_images"]["decoded"] <= 200 + 20  # at most a few decoded twice (a waiter re-prepares only on an error)
+    # Each variant is scored in a process of its own, whose peak memory is its own: far below the flow
+    # process, which holds TensorFlow (the process keeps no memory of the flow's across its fork and exec).
+    assert all(scoring["peak_rss_mb"] < stages["flow_peak_rss_mb"] / 2 for scoring in stages["scoring"].values()), stages
 
 
 def test_demo_model_is_accurate_and_quantization_shrinks_it(demo_run):

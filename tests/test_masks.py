@@ -431,10 +431,12 @@ def test_evaluate_task_adds_segm_only_for_mask_detections(synthetic, tmp_path):
     boxes_only.write_text(json.dumps([{k: v for k, v in d.items() if k != "segmentation"} for d in detections]))
     plain = evaluate_task.fn(str(annotations), str(boxes_only), [1, 2, 3])
     assert list(plain.pop("per_image")) == list(plain.pop("resampled")) == ["bbox"]
+    assert set(plain.pop("process")) == {"wall_s", "peak_rss_mb"}
     assert plain == evaluate(gt, json.loads(boxes_only.read_text()), [1, 2, 3])  # unchanged shape and numbers
     assert set(plain) == {"stats", "per_category_AP", "images"}
     both = evaluate_task.fn(str(annotations), str(with_masks), [1, 2, 3])
     assert list(both.pop("per_image")) == list(both.pop("resampled")) == ["bbox", "segm"]
+    both.pop("process")
     assert {k: v for k, v in both.items() if k != "segm"} == plain
     assert both["segm"]["stats"]["AP"] == 1.0 and set(both["segm"]) == {"stats", "per_category_AP", "images"}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -214,13 +215,15 @@ class StageMeter:
         self.decoded, self.shared = SHARED.misses - self._counts[0], SHARED.hits - self._counts[1]
 
 
-def run_stages(clock: StageClock, flow_started: float, outputs: list, inference: StageMeter) -> dict:
+def run_stages(clock: StageClock, flow_started: float, outputs: list, inference: StageMeter, scoring: dict | None = None) -> dict:
     """report.json's ``stages``: wall seconds by stage (``startup``: process start → the flow's
     first line — imports and, from the CLI, Prefect's ephemeral server; the process's age when the
     flow is called in a long-lived one), the first computed shard's start after process start, the
     process CPU seconds while shards ran (local execution: every shard thread plus Prefect's own;
     deployment: Prefect's own only, shards ran elsewhere) and ``decoded_images`` (see
-    :class:`StageMeter`). Publishing the report (write, artifacts, page) comes after."""
+    :class:`StageMeter`), ``scoring``: each variant's scoring process (``wall_s``, ``peak_rss_mb``:
+    :mod:`tasks.score.scoring`) and ``flow_peak_rss_mb``: this process's own largest resident set so
+    far (MB). Publishing the report (write, artifacts, page) comes after."""
     started = process_started()
     computed = [o.usage["started"] for o in outputs if o.usage and not o.reused]
     return {
@@ -228,6 +231,8 @@ def run_stages(clock: StageClock, flow_started: float, outputs: list, inference:
         "first_shard_after_process_start_s": round(min(computed) - started, 3) if started and computed else None,
         "inference_process_cpu_s": round(inference.process_cpu_s, 3),
         "decoded_images": {"shared": inference.shared, "decoded": inference.decoded},
+        "scoring": scoring or {},
+        "flow_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
     }
 
 

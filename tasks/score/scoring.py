@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tasks.data.dataset import read_annotations
@@ -47,7 +49,8 @@ def score_variant(annotations_url: str, detections_url: str, image_ids: list[int
 
 def score_in_process(annotations_url: str, detections_url: str, image_ids: list[int], backend: str, resamples: int,
                      seed: int = 0) -> dict:
-    """:func:`score_variant` in a process of its own (its memory is returned when it ends). Its
+    """:func:`score_variant` in a process of its own (its memory is returned when it ends), with
+    ``"process"``: that process's scoring seconds and peak resident set (see :func:`_serve`). Its
     exceptions are raised here, as they were raised there; a process that dies (killed: out of
     memory?) fails with one line."""
     request = pickle.dumps((annotations_url, detections_url, image_ids, backend, resamples, seed))
@@ -68,16 +71,30 @@ def score_in_process(annotations_url: str, detections_url: str, image_ids: list[
     return value
 
 
+def _peak_rss_mb() -> float:
+    """This process's largest resident set so far, MB: ``VmHWM`` (Linux; ``getrusage``'s maxrss would
+    also count the parent's, which it keeps across the fork and exec that started this process)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _last_line(stderr: bytes) -> str:
     lines = stderr.decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else "no output"
 
 
 def _serve() -> None:
-    """Score the pickled request on stdin; write ``("ok", result)`` or ``("error", exception)`` to stdout."""
+    """Score the pickled request on stdin; write ``("ok", result)`` or ``("error", exception)`` to stdout.
+    The result has ``"process"`` added: this process's ``wall_s`` (scoring, seconds) and
+    ``peak_rss_mb`` (its largest resident set, MB: what scoring this variant needed)."""
+    started = time.perf_counter()
     arguments = pickle.loads(sys.stdin.buffer.read())
     try:
-        answer = ("ok", score_variant(*arguments))
+        result = score_variant(*arguments)
+        answer = ("ok", {**result, "process": {"wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": round(_peak_rss_mb(), 1)}})
     except Exception as error:  # raised again in the parent, as it was raised here
         try:
             answer = ("error", pickle.loads(pickle.dumps(error)))
