@@ -1,0 +1,149 @@
+"""What ``quantbench run``'s fixed start-up costs, before and after ``flows.prefect_api`` (issue 20).
+
+Each round runs a probe in a fresh Python process that starts up as ``quantbench run`` does on the
+demo: import ``flows.cli``, (fast start: start the ephemeral server), import ``flows.benchmark`` and
+check the demo's inputs (``validate``: imports TensorFlow), then run a one-task flow against the
+ephemeral Prefect server. Modes: ``prefect`` (``QUANTBENCH_FAST_START=0``: Prefect's defaults, the
+server started when the flow first needs the API, as before) and ``fast`` (the CLI's default now).
+Each is measured on an existing Prefect database and on a new one (a new ``PREFECT_HOME``: the first
+run migrates it). A second probe times the ephemeral server alone (``SubprocessASGIServer.start``,
+imports done) with either mode's settings. All times in seconds, medians of N rounds; prints a
+markdown table.
+
+    python bench/startup.py --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+marks = {}
+import flows.cli
+from flows.prefect_api import start_ephemeral_server
+marks["import flows.cli"] = time.perf_counter() - t0
+t = time.perf_counter()
+server = start_ephemeral_server()
+marks["start_ephemeral_server() (fast: imports prefect.server)"] = time.perf_counter() - t
+t = time.perf_counter()
+from flows.benchmark import BenchmarkConfig, validate
+validate(BenchmarkConfig())
+marks["import flows.benchmark, validate (TensorFlow)"] = time.perf_counter() - t
+t = time.perf_counter()
+if server:
+    server.wait()
+marks["wait for the server"] = time.perf_counter() - t
+from prefect import flow, task
+
+@task
+def first():
+    return time.perf_counter()
+
+@flow
+def probe():
+    marks["flow call to flow body (server start when not yet)"] = time.perf_counter() - t
+    return first()
+
+t = time.perf_counter()
+done = probe()
+marks["first task done"] = done - t0
+marks["flow done"] = time.perf_counter() - t0
+print("MARKS " + json.dumps(marks))
+"""
+
+SERVER_ALONE = r"""
+import json, resource, time
+import flows.cli
+from flows.prefect_api import apply_one_run_server_settings, fast_start_enabled
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import get_current_settings
+if fast_start_enabled():
+    apply_one_run_server_settings(get_current_settings())
+t = time.perf_counter()
+server = SubprocessASGIServer()
+server.start()
+elapsed = time.perf_counter() - t
+t = time.perf_counter()
+server.stop()
+stopped = time.perf_counter() - t
+children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the server process, reaped by stop()
+print("MARKS " + json.dumps({"server start alone": elapsed, "server stop alone": stopped,
+                             "server process CPU time (user+sys)": children.ru_utime + children.ru_stime}))
+"""
+
+
+def _probe(script: str, home: Path, fast: bool) -> dict[str, float]:
+    """One fresh process: its marks, and its wall time to exit (server stop included) as ``process total``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "QUANTBENCH_FAST_START": "1" if fast else "0",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    total = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"probe failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("MARKS "))
+    return {**json.loads(line[len("MARKS "):]), "process total": total}
+
+
+def measure(rounds: int, work: Path) -> dict[str, dict[str, list[float]]]:
+    """{column: {row: [seconds per round]}}; modes interleaved round by round (the machine's load drifts)."""
+    columns: dict[str, dict[str, list[float]]] = {}
+    for mode, fast in (("prefect", False), ("fast", True)):  # warm-up: the demo cache, each mode's database
+        _probe(PROBE, work / f"home-{mode}", fast)
+    for index in range(rounds):
+        for mode, fast in (("prefect", False), ("fast", True)):
+            for database, home in (("existing DB", work / f"home-{mode}"), ("new DB", work / f"new-{mode}-{index}")):
+                for row, value in _probe(PROBE, home, fast).items():
+                    columns.setdefault(f"{mode}, {database}", {}).setdefault(row, []).append(value)
+            for row, value in _probe(SERVER_ALONE, work / f"home-{mode}", fast).items():
+                columns.setdefault(f"{mode}, existing DB", {}).setdefault(row, []).append(value)
+            print(f"round {index + 1}/{rounds} {mode} done", file=sys.stderr)
+    return columns
+
+
+def table(columns: dict[str, dict[str, list[float]]]) -> str:
+    names = list(columns)
+    rows = list(dict.fromkeys(row for column in columns.values() for row in column))
+    lines = ["| seconds (median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for row in rows:
+        cells = [f"{statistics.median(columns[name][row]):.2f}" if row in columns[name] else "" for name in names]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import prefect
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    load = os.getloadavg()
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, Prefect {prefect.__version__}; "
+            f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode and database (median reported)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="quantbench-startup-") as work:
+        os.environ.setdefault("QUANTBENCH_CACHE", str(Path(work) / "cache"))
+        columns = measure(args.rounds, Path(work))
+    print(table(columns))
+    print(f"\n{args.rounds} rounds; {machine()}")
+
+
+if __name__ == "__main__":
+    main()
