@@ -7,10 +7,11 @@ ephemeral Prefect server. Modes: ``prefect`` (``QUANTBENCH_FAST_START=0``: Prefe
 server started when the flow first needs the API, as before) and ``fast`` (the CLI's default now).
 Each is measured on an existing Prefect database and on a new one (a new ``PREFECT_HOME``: the first
 run migrates it). A second probe times the ephemeral server alone (``SubprocessASGIServer.start``,
-imports done) with either mode's settings. All times in seconds, medians of N rounds; prints a
-markdown table.
+imports done) with either mode's settings, and the server process's CPU time (the load-independent
+part). Then ``quantbench run --quiet`` on the demo itself, N rounds per mode: report.json's
+``stages.wall_s.startup``. All times in seconds, medians of N rounds; prints a markdown table.
 
-    python bench/startup.py --rounds 3
+    python bench/startup.py --rounds 3 --demo-rounds 3
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +100,13 @@ def _probe(script: str, home: Path, fast: bool) -> dict[str, float]:
     return {**json.loads(line[len("MARKS "):]), "process total": total}
 
 
+def _add(columns: dict[str, dict[str, list[float]]], column: str, marks: dict[str, float]) -> None:
+    """Add one process's marks to the table; each also goes to stderr as it comes (a long bench keeps them if cut short)."""
+    print(json.dumps({column: marks}), file=sys.stderr, flush=True)
+    for row, value in marks.items():
+        columns.setdefault(column, {}).setdefault(row, []).append(value)
+
+
 def measure(rounds: int, work: Path) -> dict[str, dict[str, list[float]]]:
     """{column: {row: [seconds per round]}}; modes interleaved round by round (the machine's load drifts)."""
     columns: dict[str, dict[str, list[float]]] = {}
@@ -106,11 +115,38 @@ def measure(rounds: int, work: Path) -> dict[str, dict[str, list[float]]]:
     for index in range(rounds):
         for mode, fast in (("prefect", False), ("fast", True)):
             for database, home in (("existing DB", work / f"home-{mode}"), ("new DB", work / f"new-{mode}-{index}")):
-                for row, value in _probe(PROBE, home, fast).items():
-                    columns.setdefault(f"{mode}, {database}", {}).setdefault(row, []).append(value)
-            for row, value in _probe(SERVER_ALONE, work / f"home-{mode}", fast).items():
-                columns.setdefault(f"{mode}, existing DB", {}).setdefault(row, []).append(value)
+                _add(columns, f"{mode}, {database}", _probe(PROBE, home, fast))
+            _add(columns, f"{mode}, existing DB", _probe(SERVER_ALONE, work / f"home-{mode}", fast))
             print(f"round {index + 1}/{rounds} {mode} done", file=sys.stderr)
+    return columns
+
+
+def _demo_run(home: Path, store: Path, fast: bool) -> dict[str, float]:
+    """``quantbench run`` on the demo in a fresh process: report.json's ``stages`` (``startup``: process start
+    → the flow's first line) and the process's wall time."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "QUANTBENCH_FAST_START": "1" if fast else "0"}
+    env.pop("PREFECT_API_URL", None)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--quiet", "--store", str(store)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    total = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"quantbench run failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    report = json.loads(Path(unquote(urlparse(result.stdout.strip().splitlines()[-1].removeprefix("report: ")).path)).read_text())
+    stages = report["stages"]
+    return {"demo: stages.startup (process start to the flow's first line)": stages["wall_s"]["startup"],
+            "demo: first shard after process start": stages["first_shard_after_process_start_s"], "demo: process total": total}
+
+
+def measure_demo(rounds: int, work: Path) -> dict[str, dict[str, list[float]]]:
+    """``quantbench run`` on the demo, both modes interleaved, each on its existing database (warmed up first)."""
+    columns: dict[str, dict[str, list[float]]] = {}
+    for index in range(rounds + 1):
+        for mode, fast in (("prefect", False), ("fast", True)):
+            marks = _demo_run(work / f"home-{mode}", work / "store", fast)
+            if index:  # round 0: the warm-up (demo data, databases)
+                _add(columns, f"{mode}, existing DB", marks)
+            print(f"demo round {index}/{rounds} {mode} done", file=sys.stderr)
     return columns
 
 
@@ -136,13 +172,16 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode and database (median reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="probe rounds per mode and database (median reported)")
+    parser.add_argument("--demo-rounds", type=int, default=3, help="rounds of `quantbench run` on the demo per mode (0: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="quantbench-startup-") as work:
         os.environ.setdefault("QUANTBENCH_CACHE", str(Path(work) / "cache"))
-        columns = measure(args.rounds, Path(work))
+        columns = measure(args.rounds, Path(work)) if args.rounds else {}
+        for column, rows in (measure_demo(args.demo_rounds, Path(work)) if args.demo_rounds else {}).items():
+            columns.setdefault(column, {}).update(rows)
     print(table(columns))
-    print(f"\n{args.rounds} rounds; {machine()}")
+    print(f"\n{args.rounds} probe rounds, {args.demo_rounds} demo rounds; {machine()}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ from ``$QUANTBENCH_WEBHOOK_URL``, or from stdin with ``--webhook-url -``: never 
 ``tasks.publish.history``). ``quantbench digest --model X`` prints a model's digest, the value
 ``run --model-sha256`` pins it to.
 
+``run`` and ``diagnose`` report to the Prefect server in ``PREFECT_API_URL`` when it is set; otherwise
+they start Prefect's ephemeral server at once, while the CLI imports and checks its inputs, and without
+automations or block registration (``flows.prefect_api``: a Prefect setting the user has set, in the
+environment or the profile, always wins; ``QUANTBENCH_FAST_START=0`` keeps Prefect's own way).
+
 Bad input ends with one line ``error: …`` on stderr and exit status 2; any other failure (an
 outage that outlasted the retries, a bug) with one ``error: …`` line and exit status 1. Python
 tracebacks stay in the Prefect flow-run log; ``--verbose`` shows them on the terminal too.

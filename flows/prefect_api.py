@@ -14,6 +14,7 @@ wins over these; ``QUANTBENCH_FAST_START=0`` keeps Prefect's own defaults and st
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -72,6 +73,8 @@ class EphemeralServerStart:
         self.applied, self.timeout = applied, timeout
         self.ready, self.error = False, None
         self.thread = threading.Thread(target=self._start, name="prefect-ephemeral-server", daemon=True)
+        self.held = _HeldRecords(self.thread.name)
+        logging.getLogger("prefect").addFilter(self.held)
         self.thread.start()
 
     def _start(self) -> None:
@@ -81,27 +84,48 @@ class EphemeralServerStart:
             self.error = error
 
     def wait(self) -> None:
-        """Block until the server answers; raise what Prefect's start raised (it timed out, the process died)."""
+        """Block until the server answers, then log Prefect's "Starting temporary server on …" line where
+        the run used to (as the flow starts); raise what Prefect's start raised (a time-out, the process died)."""
         self.thread.join()
         self.ready = True
-        self._restore_environment()
+        self._release(replay=True)
         if self.error:
             raise self.error
 
-    def _restore_environment(self) -> None:
+    def _release(self, replay: bool) -> None:
+        logging.getLogger("prefect").removeFilter(self.held)
+        for record in self.held.records if replay else []:
+            logging.getLogger(record.name).handle(record)
         for name, value in self.applied.items():
             if os.environ.get(name) == value:
                 del os.environ[name]
 
     def abandon(self) -> None:
-        """Stop the server unless :meth:`wait` handed it to the run (then it stops at exit, as Prefect's does)."""
+        """Stop the server unless :meth:`wait` handed it to the run (then it stops at exit, as Prefect's does);
+        its log records are dropped."""
         if self.ready:
             return
         deadline = time.monotonic() + 10
         while self.server.server_process is None and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)  # the subprocess is being spawned (milliseconds)
+        self.held.thread_name = None  # and Prefect's "Stopping temporary server" line
         self.server.stop()
-        self._restore_environment()
+        self._release(replay=False)
+
+
+class _HeldRecords(logging.Filter):
+    """Holds back the records the server thread logs (a run that ends on bad input prints only its error line)."""
+
+    def __init__(self, thread_name: str):
+        super().__init__()
+        self.thread_name: str | None = thread_name  # None: every thread's
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.thread_name is not None and record.threadName != self.thread_name:
+            return True
+        self.records.append(record)
+        return False
 
 
 def start_ephemeral_server() -> EphemeralServerStart | None:

@@ -80,7 +80,7 @@ def cluster(tmp_path_factory):
 
 def test_with_prefect_api_url_the_run_is_recorded_there_and_no_ephemeral_server_starts(cluster, tmp_path):
     command = [sys.executable, "-m", "flows.cli", "run", "--store", str(tmp_path / "store"), "--limit", "8", "--variants", "float32",
-               "--latency-images", "2", "--bootstrap-resamples", "10"]
+               "--latency-images", "2", "--bootstrap-resamples", "20"]
     result = subprocess.run(command, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting temporary server" not in result.stderr
