@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -91,20 +92,29 @@ def _probe(script: str, home: Path, fast: bool) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "QUANTBENCH_FAST_START": "1" if fast else "0",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     env.pop("PREFECT_API_URL", None)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if result.returncode != 0:
         raise SystemExit(f"probe failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     line = next(line for line in result.stdout.splitlines() if line.startswith("MARKS "))
-    return {**json.loads(line[len("MARKS "):]), "process total": total}
+    marks = json.loads(line[len("MARKS "):])
+    prefix = "server alone: " if "server start alone" in marks else ""
+    return {**marks, f"{prefix}process total": total, f"{prefix}CPU time, process and server (user+sys)": cpu}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the ended child processes, theirs included (the server, reaped by the probe)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _add(columns: dict[str, dict[str, list[float]]], column: str, marks: dict[str, float]) -> None:
     """Add one process's marks to the table; each also goes to stderr as it comes (a long bench keeps them if cut short)."""
     print(json.dumps({column: marks}), file=sys.stderr, flush=True)
     for row, value in marks.items():
-        columns.setdefault(column, {}).setdefault(row, []).append(value)
+        if value is not None:  # a report without that stage
+            columns.setdefault(column, {}).setdefault(row, []).append(value)
 
 
 def measure(rounds: int, work: Path) -> dict[str, dict[str, list[float]]]:
@@ -126,16 +136,17 @@ def _demo_run(home: Path, store: Path, fast: bool) -> dict[str, float]:
     → the flow's first line) and the process's wall time."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "QUANTBENCH_FAST_START": "1" if fast else "0"}
     env.pop("PREFECT_API_URL", None)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     result = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--quiet", "--store", str(store)], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=900)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if result.returncode != 0:
         raise SystemExit(f"quantbench run failed ({result.returncode}):\n{result.stderr[-4000:]}")
     report = json.loads(Path(unquote(urlparse(result.stdout.strip().splitlines()[-1].removeprefix("report: ")).path)).read_text())
     stages = report["stages"]
     return {"demo: stages.startup (process start to the flow's first line)": stages["wall_s"]["startup"],
-            "demo: first shard after process start": stages["first_shard_after_process_start_s"], "demo: process total": total}
+            "demo: first shard after process start": stages["first_shard_after_process_start_s"], "demo: process total": total,
+            "demo: CPU time, process and server (user+sys)": cpu}
 
 
 def measure_demo(rounds: int, work: Path) -> dict[str, dict[str, list[float]]]:

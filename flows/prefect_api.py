@@ -4,9 +4,9 @@ With ``PREFECT_API_URL`` set (a Prefect server), a run uses that server and star
 Prefect starts an ephemeral server (a ``uvicorn`` subprocess over the SQLite database in
 ``PREFECT_HOME``) when the flow first needs the API, and waits for it (~6-10 s on a 2-core machine;
 the first run on a new database also migrates it, ~10 s more). :func:`start_ephemeral_server`
-starts that same server (Prefect's ``SubprocessASGIServer``) at once, in a thread, so that its
-start-up overlaps the CLI's imports (TensorFlow alone ~5 s) and input checks; the flow then finds
-it running. It also starts it without what a server living for one run has no use for
+spawns that same server process (Prefect's ``SubprocessASGIServer``) at once, so that its start-up
+overlaps the CLI's imports (TensorFlow alone ~3-5 s) and input checks; the flow then finds it
+running. It also starts it without what a server living for one run has no use for
 (:data:`ONE_RUN_SERVER_SETTINGS`).
 
 A setting the user has given (environment, ``.env``, ``prefect.toml``, the Prefect profile) always
@@ -14,10 +14,13 @@ wins over these; ``QUANTBENCH_FAST_START=0`` keeps Prefect's own defaults and st
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
-import threading
 import time
+
+import httpx
 
 FAST_START_ENV = "QUANTBENCH_FAST_START"
 # Seconds the early server may take to answer, unless PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is set (Prefect's
@@ -60,72 +63,58 @@ def apply_one_run_server_settings(settings) -> dict[str, str]:
 
 
 class EphemeralServerStart:
-    """Prefect's ephemeral server, starting in a thread. :meth:`wait` before the flow runs (the flow
-    would otherwise take the half-started server for a running one); :meth:`abandon` where the run
-    ends before it (bad input): the server process is stopped instead of outliving the CLI. Either
-    takes ``applied`` (the settings put into the environment for the server) out of the environment
-    again, so that no server this process starts later (a test's) inherits them."""
+    """Prefect's ephemeral server process, spawned at once as Prefect spawns it (``SubprocessASGIServer``'s command,
+    Prefect 3.9); :meth:`wait` for it to answer before the flow runs (in the CLI's thread, once the CLI's own start-up is
+    done: a thread polling the server meanwhile competes with the imports for the GIL, measured slower on a loaded
+    machine); :meth:`abandon` where the run ends before (bad input): the process is stopped instead of outliving the CLI.
+    The settings put into the environment for the server are taken out again once it is spawned, so that no server
+    this process starts later (a test's) inherits them."""
 
     def __init__(self, applied: dict[str, str], timeout: float):
         from prefect.server.api.server import SubprocessASGIServer
 
-        self.server = SubprocessASGIServer()
-        self.applied, self.timeout = applied, timeout
-        self.ready, self.error = False, None
-        self.thread = threading.Thread(target=self._start, name="prefect-ephemeral-server", daemon=True)
-        self.held = _HeldRecords(self.thread.name)
-        logging.getLogger("prefect").addFilter(self.held)
-        self.thread.start()
-
-    def _start(self) -> None:
-        try:
-            self.server.start(timeout=self.timeout)
-        except Exception as error:  # noqa: BLE001 - raised by wait(), in the CLI's thread, as Prefect's own start would be
-            self.error = error
-
-    def wait(self) -> None:
-        """Block until the server answers, then log Prefect's "Starting temporary server on …" line where
-        the run used to (as the flow starts); raise what Prefect's start raised (a time-out, the process died)."""
-        self.thread.join()
-        self.ready = True
-        self._release(replay=True)
-        if self.error:
-            raise self.error
-
-    def _release(self, replay: bool) -> None:
-        logging.getLogger("prefect").removeFilter(self.held)
-        for record in self.held.records if replay else []:
-            logging.getLogger(record.name).handle(record)
-        for name, value in self.applied.items():
+        self.server, self.timeout = SubprocessASGIServer(), timeout
+        self.ready = self.server.running  # an earlier run in this process started it
+        if not self.ready:
+            self.server.port = self.server.find_available_port()
+            self.server.server_process = self.server._run_uvicorn_command()  # noqa: SLF001 - the spawn, without start()'s wait
+        for name, value in applied.items():
             if os.environ.get(name) == value:
                 del os.environ[name]
 
-    def abandon(self) -> None:
-        """Stop the server unless :meth:`wait` handed it to the run (then it stops at exit, as Prefect's does);
-        its log records are dropped."""
+    def wait(self) -> None:
+        """Block until the server answers; then the flow finds it running. Where the process ended (its port was
+        taken meanwhile), Prefect starts one when the flow needs the API; a server silent for ``timeout`` s is an error."""
         if self.ready:
             return
-        deadline = time.monotonic() + 10
-        while self.server.server_process is None and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the subprocess is being spawned (milliseconds)
-        self.held.thread_name = None  # and Prefect's "Stopping temporary server" line
+        self.ready = True
+        process, deadline = self.server.server_process, time.monotonic() + self.timeout
+        with httpx.Client() as client:
+            while process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(f"{self.server.api_url}/health", timeout=5).status_code == 200:
+                        self.server.running = True
+                        atexit.register(self.server.stop)
+                        logging.getLogger("prefect").info("Starting temporary server on %s", self.server.address)
+                        return
+                time.sleep(0.1)
+        timed_out = process.poll() is None
         self.server.stop()
-        self._release(replay=False)
+        if timed_out:
+            raise RuntimeError(f"the ephemeral Prefect server did not answer within {self.timeout} s "
+                               "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
-
-class _HeldRecords(logging.Filter):
-    """Holds back the records the server thread logs (a run that ends on bad input prints only its error line)."""
-
-    def __init__(self, thread_name: str):
-        super().__init__()
-        self.thread_name: str | None = thread_name  # None: every thread's
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.thread_name is not None and record.threadName != self.thread_name:
-            return True
-        self.records.append(record)
-        return False
+    def abandon(self) -> None:
+        """Stop the server unless :meth:`wait` handed it to the run (then it stops at exit, as Prefect's does)."""
+        if self.ready:
+            return
+        prefect_logger = logging.getLogger("prefect")
+        level = prefect_logger.level
+        prefect_logger.setLevel(logging.WARNING)  # no "Stopping temporary server" line for a server the user never saw start
+        try:
+            self.server.stop()
+        finally:
+            prefect_logger.setLevel(level)
 
 
 def start_ephemeral_server() -> EphemeralServerStart | None:

@@ -126,12 +126,14 @@ def test_the_ephemeral_server_recorded_the_flow_and_task_runs_artifacts_and_even
     report_path = Path(unquote(urlparse(stdout.strip().splitlines()[-1].removeprefix("report: ")).path))
     database = report_path.parents[3] / "prefect" / "prefect.db"  # work/quantbench-results/runs/<run>/report.json
     with contextlib.closing(sqlite3.connect(database)) as db:
-        runs = db.execute("SELECT r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id WHERE f.name = 'quantbench-benchmark'").fetchall()
+        runs = db.execute("SELECT r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id "
+                          "WHERE f.name = 'quantbench-benchmark'").fetchall()
         tasks = db.execute("SELECT name, state_type FROM task_run").fetchall()
         artifacts = {key for (key,) in db.execute("SELECT key FROM artifact")}
         events = dict(db.execute("SELECT event, count(*) FROM events GROUP BY event").fetchall())
     assert runs == [("COMPLETED",)]
-    assert {state for _, state in tasks} == {"COMPLETED"} and sum(name.startswith("infer-") for name, _ in tasks) == report["shards"]["total"] == 16
+    assert {state for _, state in tasks} == {"COMPLETED"}
+    assert sum(name.startswith("infer-") for name, _ in tasks) == report["shards"]["total"] == 16
     assert {"quantbench-report", "quantbench-summary", "quantbench-progress"} <= artifacts
     assert events["prefect.flow-run.Completed"] == 1 and events["prefect.task-run.Completed"] == len(tasks)
 

@@ -29,8 +29,8 @@ print(json.dumps({"triggers": server["services"]["triggers"]["enabled"], "regist
 
 
 def _ephemeral_server_settings(tmp_path, **env) -> dict:
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   **env}
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "home"),
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env}
     for name in ("PREFECT_API_URL", "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
                  "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION", "QUANTBENCH_FAST_START"):
         if name not in env:
