@@ -77,7 +77,7 @@ class EphemeralServerStart:
         self.ready = self.server.running  # an earlier run in this process started it
         if not self.ready:
             self.server.port = self.server.find_available_port()
-            self.server.server_process = self.server._run_uvicorn_command()  # noqa: SLF001 - the spawn, without start()'s wait
+            self.server.server_process = self.server._run_uvicorn_command()  # Prefect's spawn, without start()'s wait
         for name, value in applied.items():
             if os.environ.get(name) == value:
                 del os.environ[name]
