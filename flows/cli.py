@@ -6,6 +6,11 @@ from ``$QUANTBENCH_WEBHOOK_URL``, or from stdin with ``--webhook-url -``: never 
 ``tasks.publish.history``). ``quantbench digest --model X`` prints a model's digest, the value
 ``run --model-sha256`` pins it to.
 
+``run`` and ``diagnose`` report to the Prefect server in ``PREFECT_API_URL`` when it is set; otherwise
+they start Prefect's ephemeral server at once, while the CLI imports and checks its inputs, and without
+automations or block registration (``flows.prefect_api``: a Prefect setting the user has set, in the
+environment or the profile, always wins; ``QUANTBENCH_FAST_START=0`` keeps Prefect's own way).
+
 Bad input ends with one line ``error: …`` on stderr and exit status 2; any other failure (an
 outage that outlasted the retries, a bug) with one ``error: …`` line and exit status 1. Python
 tracebacks stay in the Prefect flow-run log; ``--verbose`` shows them on the terminal too.
@@ -27,6 +32,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from pydantic import ValidationError
 
+from flows.prefect_api import start_ephemeral_server
 from tasks.store.errors import QuantbenchError, TransientError
 from tasks.score.evaluation import EVAL_BACKENDS
 from tasks.model.spec import HEADS, ModelSpec, heads_text, load_spec_file, parse_spec
@@ -167,12 +173,15 @@ def _run(args: argparse.Namespace) -> int:
 
         setup_logging()
         logging.getLogger("prefect").setLevel(logging.WARNING)
+    server = start_ephemeral_server()
     try:
         from flows.benchmark import BenchmarkConfig, benchmark, validate
         from tasks.nightly.regression import RegressionsFound, describe
 
         config = BenchmarkConfig(**options)
         validate(config)
+        if server:
+            server.wait()
         url = benchmark(config)
     except ValidationError as error:
         return _invalid_option(error)
@@ -185,6 +194,9 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(args, str(error), 2)
     except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
         return _fail(args, f"{type(error).__name__}: {error}", 1)
+    finally:
+        if server:
+            server.abandon()
     logging.getLogger("prefect").setLevel(logging.WARNING)  # keep the report line last (no shutdown chatter)
     _print_published(url)
     return 0
@@ -196,17 +208,24 @@ def _diagnose(args: argparse.Namespace) -> int:
         options = _flow_options(args)
     except QuantbenchError as error:
         return _fail(args, str(error), 2)
+    server = start_ephemeral_server()
     try:
         from flows.diagnose import DiagnoseConfig, diagnose
         from tasks.publish.diagnosis import diagnosis_text
 
-        result = diagnose(DiagnoseConfig(**options))
+        config = DiagnoseConfig(**options)
+        if server:
+            server.wait()
+        result = diagnose(config)
     except ValidationError as error:
         return _invalid_option(error)
     except QuantbenchError as error:
         return _fail(args, str(error), 2)
     except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback is in the flow-run log
         return _fail(args, f"{type(error).__name__}: {error}", 1)
+    finally:
+        if server:
+            server.abandon()
     logging.getLogger("prefect").setLevel(logging.WARNING)
     print(diagnosis_text(result.report))
     return 0

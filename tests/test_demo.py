@@ -1,5 +1,7 @@
 """The README's main command on the embedded demo, end to end, as a user runs it."""
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +120,25 @@ def test_report_files_are_in_the_store(demo_run):
     run_dir = store.root.parent
     assert (run_dir / "report.csv").read_text().startswith("variant,size_MB,x_fp32")
     assert "| int8" in (run_dir / "report.md").read_text()
+
+
+def test_the_ephemeral_server_recorded_the_flow_and_task_runs_artifacts_and_events(demo_run):
+    """The CLI's ephemeral server (started early, without automations or block registration:
+    flows.prefect_api) keeps what the run reports to Prefect, in the SQLite database under PREFECT_HOME."""
+    stdout, report = demo_run
+    report_path = Path(unquote(urlparse(stdout.strip().splitlines()[-1].removeprefix("report: ")).path))
+    database = report_path.parents[3] / "prefect" / "prefect.db"  # work/quantbench-results/runs/<run>/report.json
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        runs = db.execute("SELECT r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id "
+                          "WHERE f.name = 'quantbench-benchmark'").fetchall()
+        tasks = db.execute("SELECT name, state_type FROM task_run").fetchall()
+        artifacts = {key for (key,) in db.execute("SELECT key FROM artifact")}
+        events = dict(db.execute("SELECT event, count(*) FROM events GROUP BY event").fetchall())
+    assert runs == [("COMPLETED",)]
+    assert {state for _, state in tasks} == {"COMPLETED"}
+    assert sum(name.startswith("infer-") for name, _ in tasks) == report["shards"]["total"] == 16
+    assert {"quantbench-report", "quantbench-summary", "quantbench-progress"} <= artifacts
+    assert events["prefect.flow-run.Completed"] == 1 and events["prefect.task-run.Completed"] == len(tasks)
 
 
 def test_quiet_prints_only_the_table_and_the_result_lines(tmp_path):
