@@ -17,8 +17,9 @@ Calibration images: 32 originals at quality 95 (used by no evaluation image), ch
 content here and by the run. Generated once under ``--work`` and reused while its manifest matches.
 
 **Model.** The bench detector (``bench/detector.py``: TF OD API signature, random weights, ~25 ms per
-float32 ``invoke()``, 100 detections per image; classes are 0-based indices). AP against real ground
-truth is ~0: this measures cost, not accuracy.
+float32 ``invoke()``, 100 detections per image; classes are 0-based indices), built with
+``spread_classes`` (its detections in ~50 classes per image, not one or two: evaluation's cost grows
+with the (category, image) pairs). AP against real ground truth is ~0: this measures cost, not accuracy.
 
 **Per size N** (a fresh store each, nothing reused): ``python -m flows.cli run --limit N --quiet`` in a
 process of its own (ephemeral Prefect server: a child process of it). Collected: report.json's
@@ -117,11 +118,17 @@ def make_dataset(work: Path) -> dict:
     return manifest
 
 
+def category_image_pairs(detections: Path) -> int:
+    """Distinct (category, image) pairs of a COCO results JSON: what COCO evaluation's cost grows with."""
+    return len({(d["category_id"], d["image_id"]) for d in json.loads(detections.read_text())})
+
+
 def make_model(work: Path) -> Path:
-    """The bench detector's SavedModel under ``work/model`` (built in a subprocess, once)."""
-    out = work / "model"
+    """The bench detector's SavedModel with its classes spread (``bench.detector.build(spread_classes=True)``:
+    as many (category, image) pairs as a trained detector's) under ``work/model-spread`` (built in a subprocess, once)."""
+    out = work / "model-spread"
     if not (out / "saved_model.pb").is_file():
-        script = "import sys; from pathlib import Path; from bench.detector import build; build(Path(sys.argv[1]))"
+        script = "import sys; from pathlib import Path; from bench.detector import build; build(Path(sys.argv[1]), spread_classes=True)"
         subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, env=child_env(work), check=True, capture_output=True)
     return out
 
@@ -204,12 +211,14 @@ def run_size(args, work: Path, model: Path, size: int) -> dict:
         raise SystemExit(f"expected one report.json under {store / 'runs'}, found {len(reports)}")
     report = json.loads(reports[0].read_text())
     variants = {v["variant"]: {"images": v.get("images"), "detections": v.get("detections_count"),
+                               "pairs": category_image_pairs(Path(v["detections"].removeprefix("file://"))),
                                "AP": (v.get("bbox") or {}).get("AP")} for v in report["variants"]}
     store_bytes = {prefix.name: du_bytes(prefix) for prefix in sorted(store.iterdir()) if prefix.is_dir()}
     return {"size": size, "wall_s": wall_s, "stages": report["stages"]["wall_s"], "variants": variants,
             "detections": sum(v["detections"] or 0 for v in variants.values()),
             "flow_hwm_mb": flow_hwm_kb / 1000, "others_peak_mb": others_kb / 1000, "wait4_maxrss_mb": usage.ru_maxrss / 1000,
             "store_bytes": store_bytes, "store_total": du_bytes(store), "host": report.get("host", {}),
+            "scoring": report["stages"].get("scoring", {}), "flow_peak_rss_mb": report["stages"].get("flow_peak_rss_mb"),
             "load": (load_before, os.getloadavg()), "log": str(log), "report": str(reports[0])}
 
 
@@ -239,13 +248,17 @@ def markdown(results: list[dict], manifest: dict, args, loads: tuple, began: str
                           + ([ratio(values[-1], values[0])] if len(results) > 1 else []))
     stage_rows.append(["**process wall**", *(f"{r['wall_s']:.1f}" for r in results)]
                       + ([ratio(last["wall_s"], first["wall_s"])] if len(results) > 1 else []))
-    detection_rows = [[variant, *(f"{r['variants'][variant]['detections']} ({r['variants'][variant]['detections'] / r['size']:.1f}/img)"
+    detection_rows = [[variant, *(f"{r['variants'][variant]['detections']} ({r['variants'][variant]['detections'] / r['size']:.1f}/img, "
+                                  f"{r['variants'][variant]['pairs']} (category, image) pairs)"
                                   if r["variants"].get(variant, {}).get("detections") is not None else "n/a" for r in results)]
                       for variant in first["variants"]]
     detection_rows.append(["all variants", *(str(r["detections"]) for r in results)])
     memory_rows = [["flow process VmHWM MB", *(f"{r['flow_hwm_mb']:.0f}" for r in results)],
                    ["Prefect server + other descendants, peak summed RSS MB", *(f"{r['others_peak_mb']:.0f}" for r in results)],
-                   ["wait4 ru_maxrss MB (flow or a reaped child)", *(f"{r['wait4_maxrss_mb']:.0f}" for r in results)]]
+                   ["wait4 ru_maxrss MB (flow or a reaped child)", *(f"{r['wait4_maxrss_mb']:.0f}" for r in results)],
+                   *([f"scoring process {variant}: s / peak MB", *(f"{r['scoring'][variant]['wall_s']:.1f} / {r['scoring'][variant]['peak_rss_mb']:.0f}"
+                                                                  if variant in r["scoring"] else "n/a" for r in results)]
+                     for variant in first["variants"])]
     prefixes = sorted({p for r in results for p in r["store_bytes"]})
     store_rows = [[p, *(f"{r['store_bytes'].get(p, 0) / 1e6:.1f}" for r in results)] for p in prefixes]
     store_rows.append(["total", *(f"{r['store_total'] / 1e6:.1f}" for r in results)])
@@ -258,10 +271,14 @@ def markdown(results: list[dict], manifest: dict, args, loads: tuple, began: str
              f"{manifest['qualities'][0]}..{manifest['qualities'][-1]}) of the 160 coco-mini COCO train2017 images, "
              f"{manifest['annotations']} annotations, {manifest['images_bytes'] / 1e6:.0f} MB; calibration: "
              f"{manifest['calibration_images']} originals at quality {manifest['calibration_quality']}. Model: bench/detector.py "
-             f"(random weights: AP ~0, a cost bench). Variants: {' '.join(args.variants)}; workers {args.workers}; "
+             f"with spread classes (random weights: AP ~0, a cost bench). Variants: {' '.join(args.variants)}; workers {args.workers}; "
              f"eval backend {args.eval_backend or 'default'}. Each size: `python -m flows.cli run --limit N --quiet` in a fresh "
              f"process, a fresh store and a fresh Prefect home (conversion included, nothing reused).", "",
              "## Wall seconds per stage", "", table(head, stage_rows), "",
+             "The reduce (evaluation, each variant scored in a process of its own with its bootstrap resamples, plus "
+             "significance) against inference: " + ", ".join(
+                 f"N={r['size']}: {(r['stages'].get('evaluation', 0) + r['stages'].get('significance', 0)) / r['stages']['inference']:.0%}"
+                 for r in results if r["stages"].get("inference")) + ".", "",
              "## Detections (the reduce's input)", "", table(["variant", *head[1:len(sizes) + 1]], detection_rows), "",
              "## Peak memory", "", table(["", *head[1:len(sizes) + 1]], memory_rows), ""]
     if len(results) > 1 and last["detections"] != first["detections"]:
