@@ -37,7 +37,7 @@ from tasks.publish.report import VariantResult, build_report, report_task, run_i
 from tasks.run.energy import energy_method, grid_intensity, run_power, variant_energy
 from tasks.run.inference import ShardJob, infer_shard_task, run_shard_deployment
 from tasks.run.latency import host_info, latency_task
-from tasks.run.progress import follow as follow_progress
+from tasks.run.progress import NoDaskWorkers, follow as follow_progress
 from tasks.run.usage import StageClock, StageMeter, inference_summary, run_stages
 from tasks.score.evaluation import EVAL_BACKENDS, require_backend
 from tasks.score.diagnosis import store_name
@@ -223,7 +223,9 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> str:
             futures = runner.map(run_shard_deployment, {"job": jobs, "deployment": unmapped(config.shard_deployment),
                                                         "job_variables": unmapped(config.job_variables),
                                                         "timeout_s": unmapped(config.shard_timeout_s)})
-        outputs = follow_progress(futures, jobs, logger)
+        stalled = (NoDaskWorkers(runner.client, config.dask_address or "(local cluster)", config.shard_timeout_s)
+                   if config.execution == "dask" else None)
+        outputs = follow_progress(futures, jobs, logger, stalled, poll_s=min(30.0, max(1.0, config.shard_timeout_s / 2)))
     host = host_info()
     energy = energy_method(run_power(host["cpu"], inference_stage.package_joules, inference_stage.process_cpu_s), config.grid_intensity)
     shards_run = {"total": len(outputs), "computed": sum(not o.reused for o in outputs), "reused": sum(o.reused for o in outputs)}

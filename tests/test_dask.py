@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from distributed import Client  # noqa: E402
 from flows.benchmark import BenchmarkConfig, benchmark  # noqa: E402
 from tasks.data.dataset import load_dataset, make_shards  # noqa: E402
 from tasks.run.inference import ShardJob  # noqa: E402
+from tasks.store.errors import QuantbenchError  # noqa: E402
 from tests.oracle import build_oracle_model, oracle_tables, write_oracle_dataset  # noqa: E402
 from tests.prefect_server import REPO, free_port, read_report, wait_for  # noqa: E402
 
@@ -218,3 +220,24 @@ def test_a_worker_killed_mid_shard_has_its_shard_run_on_another_and_the_report_i
     wait_for(lambda: all(r["state"] == "COMPLETED" for i, r in _infer_task_runs().items() if i not in before)
              and len(set(_infer_task_runs()) - before) >= 4, 60, "the infer-shard task runs (2 on Dask, 2 local) to be Completed")
     assert len(set(_infer_task_runs()) - before) == 4
+
+
+def test_a_cluster_without_workers_fails_the_run_in_one_line_instead_of_waiting_for_ever(prefect_backend, case, tmp_path):
+    """A scheduler whose workers are gone (or never started: an image without this code) runs no shard; a
+    shard's own timeout only starts on a worker. The run fails once the cluster has had no worker for
+    shard_timeout_s, naming the scheduler, and leaves nothing published."""
+    (tmp_path / "cluster").mkdir()
+    cluster = DaskCluster(tmp_path / "cluster")
+    try:
+        with Client(cluster.address, timeout=60) as client:
+            assert client.nthreads() == {}
+        config = BenchmarkConfig(**case, store=str(tmp_path / "store"), shard_size=3, execution="dask", dask_address=cluster.address,
+                                 shard_timeout_s=6)
+        started = time.monotonic()
+        with pytest.raises(QuantbenchError, match=rf"shards never finished: the Dask cluster at {cluster.address} has had no worker "
+                                                  r"for \d+ s \(shard_timeout_s\)"):
+            benchmark(config)
+        assert time.monotonic() - started < 120
+        assert not list((tmp_path / "store").glob("runs/*/report.json"))
+    finally:
+        cluster.stop()

@@ -12,12 +12,13 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from tasks.run.inference import ShardJob, ShardOutput
+from tasks.store.errors import QuantbenchError
 
 BAR_WIDTH = 24  # characters of the terminal progress bar
 
@@ -70,15 +71,48 @@ class ShardProgress:
             self.logger.info("progress: %s", self.text())
 
 
-def follow(futures: Iterable[PrefectFuture], jobs: list[ShardJob], logger) -> list[ShardOutput]:
+def follow(futures: Iterable[PrefectFuture], jobs: list[ShardJob], logger, stalled: Callable[[], str | None] | None = None,
+           poll_s: float = 30.0) -> list[ShardOutput]:
     """Wait for every shard future (mapped from ``jobs`` in order), reporting progress as each
-    finishes; returns the outputs in ``jobs`` order. The first failed shard raises, as ``.result()``."""
+    finishes; returns the outputs in ``jobs`` order. The first failed shard raises, as ``.result()``.
+    ``stalled`` is asked every ``poll_s`` seconds without a finished shard; a message from it fails
+    the run (:class:`tasks.store.errors.QuantbenchError`) instead of waiting for shards nothing runs."""
     futures = list(futures)
     job_of = {id(future): job for future, job in zip(futures, jobs)}
     progress = ShardProgress(jobs, logger)
-    for future in as_completed(futures):
-        progress.update(job_of[id(future)], future.result())
+    pending = set(futures)
+    while pending:
+        try:
+            for future in as_completed(list(pending), timeout=poll_s if stalled else None):
+                pending.discard(future)
+                progress.update(job_of[id(future)], future.result())
+        except TimeoutError:
+            reason = stalled()
+            if reason:
+                raise QuantbenchError(f"{len(pending)} of {len(futures)} shards never finished: {reason}") from None
     return [future.result() for future in futures]
+
+
+class NoDaskWorkers:
+    """``stalled`` for :func:`follow` on a Dask cluster: a message once the cluster has had no worker
+    for ``grace_s`` seconds (its workers died, or every one that joined failed to start: e.g. an image
+    without this code), so that the run fails loudly instead of waiting for ever (a shard's own
+    timeout only starts when a worker runs it)."""
+
+    def __init__(self, client, address: str, grace_s: float):
+        self.client, self.address, self.grace_s = client, address, grace_s
+        self.since: float | None = None
+
+    def __call__(self) -> str | None:
+        if self.client.nthreads():
+            self.since = None
+            return None
+        self.since = self.since or time.monotonic()
+        waited = time.monotonic() - self.since
+        if waited < self.grace_s:
+            return None
+        return (f"the Dask cluster at {self.address} has had no worker for {waited:.0f} s (shard_timeout_s); start workers "
+                f"that import this version of quantbench (their logs say why they stopped), then rerun: finished shards are reused")
 
 
 def _duration(seconds: float) -> str:
