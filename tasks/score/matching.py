@@ -45,7 +45,7 @@ class CategoryRanking(NamedTuple):
     hits: np.ndarray  # (T, L) int: image of each true positive (matched, not ignored) at threshold t, in rank order
     always_false_before: np.ndarray  # (T, L) int: always_false detections ranked before that true positive
     other_false: np.ndarray  # (T, E) int: image of each other false positive at threshold t, in rank order
-    other_false_before: np.ndarray  # (T, E) int → (T, L): other false positives at t ranked before that true positive
+    other_false_before: np.ndarray  # (T, L) int: other false positives at t ranked before that true positive
 
 
 @dataclass(frozen=True, eq=False)
