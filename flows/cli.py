@@ -40,6 +40,7 @@ from tasks.model.conversion import DIAGNOSABLE_VARIANTS
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS
 
 WEBHOOK_URL_ENV = "QUANTBENCH_WEBHOOK_URL"
+TOKEN_ENV = "QUANTBENCH_RESULTS_TOKEN"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
                                  "without loading it")
     digest.add_argument("--model", required=True, help="any --model source of run")
     _results_parser(commands)
+    serve = commands.add_parser("serve", help="a read-only web site over a store's runs: the runs list, each run's page, "
+                                "the nightly view of a model, two runs compared, JSON under /api")
+    serve.add_argument("--store", help="results store: folder, file:///path or s3://bucket/prefix (default: as for run)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8600, help="port (default 8600)")
+    serve.add_argument("--allow-anonymous", action="store_true", help=f"listen on a non-loopback address without ${TOKEN_ENV} "
+                       "(anyone who reaches the port reads every result)")
     alerts = commands.add_parser("alerts", help="regression alerts through the Prefect server in PREFECT_API_URL")
     alert_actions = alerts.add_subparsers(dest="action", required=True)
     install = alert_actions.add_parser("install", help="create the webhook block and the regression automation "
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "results":
         return _results(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "alerts":
         return _install(_install_alert, args.webhook_url)
     if args.command == "crash-detection":
@@ -436,6 +446,51 @@ def _results(args: argparse.Namespace) -> int:
         show(f"error: {error}", file=sys.stderr)
         return 2
     show(f"fetched run {run_id} from {store.url} into {Path(args.dest).resolve()}: {len(written)} files")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``quantbench serve``: check the store and the address, then serve until interrupted."""
+    import ipaddress
+    import socket
+
+    from tasks.store.object_store import open_store
+
+    token = os.environ.get(TOKEN_ENV) or None
+    try:
+        if args.store is None:
+            from flows.benchmark import default_store
+
+            args.store = default_store()
+        store = open_store(args.store)
+        store.check_readable()
+        try:
+            loopback = ipaddress.ip_address(args.host).is_loopback
+        except ValueError:
+            loopback = args.host == "localhost"
+        if not loopback and token is None and not args.allow_anonymous:
+            raise QuantbenchError(f"serve: listening on {args.host} would show every result to whoever reaches it: set ${TOKEN_ENV} "
+                                  "(a secret clients send as Bearer token or Basic password), or pass --allow-anonymous")
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((args.host, args.port))
+        except OSError as error:
+            listener.close()
+            raise QuantbenchError(f"serve: cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    except QuantbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from tasks.browse.app import create_app
+
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    print(f"serving {store.url} at http://{host}:{listener.getsockname()[1]}/{' (token required)' if token else ''}; Ctrl-C stops",
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(store, token), log_level="warning", access_log=False))
+    server.run(sockets=[listener])
     return 0
 
 

@@ -1,6 +1,6 @@
 """quantbench's domain, one package per pipeline stage, bottom to top:
 
-``store`` → ``data`` → ``model`` → ``run`` → ``score`` → ``publish`` → ``nightly``.
+``store`` → ``data`` → ``model`` → ``run`` → ``score`` → ``publish`` → ``nightly`` → ``browse``.
 
 Each module is a step: a plain function plus its Prefect task. A stage imports only from stages
 below it, never above and never in a circle (tests/test_layout.py checks it); ``flows/`` composes

@@ -54,6 +54,48 @@ def coco_mini() -> Path:
     return COCO_MINI
 
 
+DEFAULT_VARIANTS = ["saved_model", "float32", "float16", "int8"]
+NIGHTLY_SETTINGS = ["--limit", "100", "--latency-images", "20"]
+
+
+def report_of_output(output: str) -> dict:
+    """The report.json of the run whose CLI output this is (its last ``report: <url>`` line)."""
+    from tasks.store.object_store import split_url
+
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("report: "))
+    store, key = split_url(line.removeprefix("report: "))
+    return store.read_json(key)
+
+
+@pytest.fixture(scope="session")
+def nightly_runs(prefect_backend, tmp_path_factory):
+    """Three nightly runs of one model location into one store: the demo model, the same again, then
+    a regressed checkpoint (the demo model with its boxes shifted by 0.02) exported into the same
+    location, with --fail-on-regression. ``([(exit status, report.json dict)] * 3, store folder)``."""
+    import contextlib
+    import io
+    import shutil
+
+    from demo import DEMO_MODEL_DIR
+    from flows.cli import main
+    from tests.regressed import build_shifted_model
+
+    root = tmp_path_factory.mktemp("nightly")
+    store, location = root / "store", root / "model"
+    shifted = build_shifted_model(DEMO_MODEL_DIR, root / "shifted-checkpoint", shift=0.02)
+    shutil.copytree(DEMO_MODEL_DIR, location)
+    runs = []
+    for night, extra in enumerate(([], [], ["--fail-on-regression"])):
+        if night == 2:
+            shutil.rmtree(location)
+            shutil.copytree(shifted, location)
+        arguments = ["run", "--store", str(store), "--model", str(location), *NIGHTLY_SETTINGS, *extra]
+        with contextlib.redirect_stdout(io.StringIO()) as stdout:
+            status = main(arguments)
+        runs.append((status, report_of_output(stdout.getvalue())))
+    return runs, store
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole test session."""

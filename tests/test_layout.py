@@ -1,5 +1,5 @@
 """The house's layout: ``tasks/`` is one package per pipeline stage, and imports only run down the
-stages (store → data → model → run → score → publish → nightly), with no import circle between
+stages (store → data → model → run → score → publish → nightly → browse), with no import circle between
 modules; each stage's ``__init__`` says what it does and what it may import; ``flows/`` composes
 tasks and defines none. Read from the source with ``ast`` (imports inside functions included)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
-STAGES = ("store", "data", "model", "run", "score", "publish", "nightly")  # bottom to top
+STAGES = ("store", "data", "model", "run", "score", "publish", "nightly", "browse")  # bottom to top
 
 
 def module_name(path: Path) -> str:

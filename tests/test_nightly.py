@@ -1,43 +1,21 @@
-"""The nightly loop on the demo dataset, in one store: the demo model, the same model again, then
-a regressed checkpoint (the demo model with its boxes shifted) with --fail-on-regression. The
-second run must find its predecessor and no regression (latency included: it is re-measured);
-the third must publish its report, name the regressions and exit 3; the history holds every run."""
+"""The nightly loop on the demo dataset, in one store, one model location: the demo model, the same
+model again, then a regressed checkpoint exported into the same location (the demo model with its
+boxes shifted) with --fail-on-regression. The second run must find its predecessor and no
+regression (latency included: it is re-measured); the third must publish its report, name the
+regressions and exit 3; the history holds every run."""
 from __future__ import annotations
-
-import contextlib
-import io
 
 import pandas as pd
 import pytest
 
-from demo import DEMO_MODEL_DIR
-from flows.cli import main
 from tasks.store.object_store import split_url
-from tests.regressed import build_shifted_model
-
-DEFAULT_VARIANTS = ["saved_model", "float32", "float16", "int8"]
-SETTINGS = ["--limit", "100", "--latency-images", "20"]
-
-
-def _report(output: str) -> dict:
-    line = next(line for line in reversed(output.splitlines()) if line.startswith("report: "))
-    store, key = split_url(line.removeprefix("report: "))
-    return store.read_json(key)
+from tests.conftest import DEFAULT_VARIANTS
 
 
 @pytest.fixture(scope="module")
-def nightly(prefect_backend, tmp_path_factory):
-    """The three runs' exit statuses and reports, and the store."""
-    root = tmp_path_factory.mktemp("nightly")
-    store = root / "store"
-    shifted = build_shifted_model(DEMO_MODEL_DIR, root / "shifted-checkpoint", shift=0.02)
-    runs = []
-    for model, extra in ((None, []), (None, []), (shifted, ["--fail-on-regression"])):
-        arguments = ["run", "--store", str(store), *SETTINGS, *extra, *(["--model", str(model)] if model else [])]
-        with contextlib.redirect_stdout(io.StringIO()) as stdout:
-            status = main(arguments)
-        runs.append((status, _report(stdout.getvalue())))
-    return runs, store
+def nightly(nightly_runs):
+    """The three runs' exit statuses and reports, and the store (conftest's ``nightly_runs``)."""
+    return nightly_runs
 
 
 def test_a_clean_rerun_finds_its_predecessor_and_no_regression(nightly):

@@ -196,7 +196,8 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
-def _read_object(store: Store, key: str) -> pa.Table:
+def read_history_object(store: Store, key: str) -> pa.Table:
+    """One history object as an Arrow table with exactly the columns of SCHEMA; one-line error if unreadable."""
     try:
         return _conform(pq.read_table(io.BytesIO(store.read_bytes(key))))
     except (pa.ArrowException, OSError) as error:
@@ -215,20 +216,25 @@ def _matches_model(frame: pd.DataFrame, model: str) -> pd.Series:
     return in_source | frame["model_digest"].str.lower().str.startswith(text, na=False)
 
 
+def history_frame(tables: list[pa.Table]) -> pd.DataFrame:
+    """History objects' tables (:func:`read_history_object`) as one frame, oldest run first (by
+    created, then run id), a run's variants in report order; no tables -> :func:`empty_history`."""
+    if not tables:
+        return empty_history()
+    return _to_frame(pa.concat_tables(tables)).sort_values(["created", "run_id"], kind="stable").reset_index(drop=True)
+
+
 def read_history(store: Store, model: str | None = None, variant: str | None = None) -> pd.DataFrame:
     """Every history row of ``store``, oldest run first (by created, then run id), a run's variants
     in report order. ``model``: keep rows whose model source contains it (case-insensitive) or whose
     model digest starts with it; ``variant``: keep that variant only. No rows -> an empty frame with
     the history columns."""
-    tables = [_read_object(store, key) for key in history_keys(store)]
-    if not tables:
-        return empty_history()
-    frame = _to_frame(pa.concat_tables(tables))
+    frame = history_frame([read_history_object(store, key) for key in history_keys(store)])
     if model:
         frame = frame[_matches_model(frame, model)]
     if variant:
         frame = frame[frame["variant"] == variant]
-    return frame.sort_values(["created", "run_id"], kind="stable").reset_index(drop=True)
+    return frame.reset_index(drop=True)
 
 
 def _signed(value: float) -> str:

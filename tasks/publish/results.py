@@ -66,7 +66,8 @@ def run_ids(store: Store) -> list[str]:
     return sorted(_runs_by_id(store), reverse=True)
 
 
-def _parse_report(store: Store, run_id: str, data: bytes) -> dict:
+def parse_report(store: Store, run_id: str, data: bytes) -> dict:
+    """report.json bytes as a dict; one-line QuantbenchError unless it is JSON with a "variants" list."""
     try:
         report = json.loads(data)
     except ValueError as error:
@@ -81,7 +82,7 @@ def _read_report(store: Store, run_id: str) -> tuple[bytes, dict]:
     if not store.exists(key):
         raise QuantbenchError(f"run {run_id} in {store.url} is incomplete: no report.json (still running, or failed)")
     data = store.read_bytes(key)
-    return data, _parse_report(store, run_id, data)
+    return data, parse_report(store, run_id, data)
 
 
 def load_report(store: Store, run_id: str) -> dict:
@@ -98,7 +99,7 @@ def list_runs(store: Store) -> list[RunSummary]:
             summaries.append(RunSummary(run_id, tuple(keys), problem=INCOMPLETE))
             continue
         try:
-            summaries.append(RunSummary(run_id, tuple(keys), report=_parse_report(store, run_id, store.read_bytes(report_key))))
+            summaries.append(RunSummary(run_id, tuple(keys), report=parse_report(store, run_id, store.read_bytes(report_key))))
         except QuantbenchError as error:  # one bad run does not hide the others
             summaries.append(RunSummary(run_id, tuple(keys), problem=f"unreadable report.json: {error}"))
     return summaries

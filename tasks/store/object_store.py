@@ -99,6 +99,16 @@ class Store(ABC):
         downloaded; a single-part upload's ETag is the MD5 of its content)."""
 
     @abstractmethod
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        """``{key: version}`` of every object under ``prefix``, from one listing (no content read):
+        a token that changes when the object is rewritten. Local: ``<mtime ns>-<size>``; S3:
+        ``<ETag>-<size>``. For caches of what was read from the store."""
+
+    @abstractmethod
+    def check_readable(self) -> None:
+        """Fail fast, with one line (QuantbenchError), unless the store exists and can be listed."""
+
+    @abstractmethod
     def check_writable(self) -> None:
         """Fail fast, with one line, unless the store exists (bucket), is reachable and writable.
 
@@ -180,6 +190,28 @@ class LocalStore(Store):
 
     def fingerprints(self, keys: list[str]) -> dict[str, str]:
         return {key: f"sha256:{file_sha256(self._path(key))}" for key in keys if self._path(key).is_file()}
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        base = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
+        found: dict[str, str] = {}
+        folders = [base] if base.is_dir() else []
+        while folders:  # symbolic links are not followed: a key never leaves the store
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        found[Path(entry.path).relative_to(self.root).as_posix()] = f"{stat.st_mtime_ns}-{stat.st_size}"
+        return found
+
+    def check_readable(self) -> None:
+        if not self.root.is_dir():
+            raise QuantbenchError(f"store {self.root} does not exist (run a benchmark into it first, or fix --store)")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise QuantbenchError(f"store {self.root} cannot be read: permission denied")
 
     def check_writable(self) -> None:
         try:
@@ -300,6 +332,25 @@ class S3Store(Store):
     def fingerprints(self, keys: list[str]) -> dict[str, str]:
         wanted = set(keys)
         return {item["Key"]: f"etag:{item['ETag'].strip(chr(34))}-{item['Size']}" for item in self._listing("") if item["Key"] in wanted}
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        return {item["Key"]: f"{item['ETag'].strip(chr(34))}-{item['Size']}" for item in self._listing(prefix)}
+
+    def check_readable(self) -> None:
+        """``head_bucket`` and one listing call, through the quick-failing client."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._probe.head_bucket(Bucket=self.bucket)
+            self._probe.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise QuantbenchError(f"bucket does not exist: s3://{self.bucket} (fix --store {self.url})") from None
+            raise QuantbenchError(str(self._error("", error)).removesuffix(" (will retry)")) from None
+        except BotoCoreError as error:
+            raise QuantbenchError(f"cannot reach S3 at {self.client.meta.endpoint_url} for {self.url}: {type(error).__name__} "
+                                  "(check AWS_ENDPOINT_URL and the network)") from None
 
     def check_writable(self) -> None:
         """``head_bucket`` (a missing bucket fails even where a PUT would create it), then a probe write."""

@@ -1,0 +1,227 @@
+"""What a store holds, as the results site shows it, read once and kept while unchanged.
+
+Every request starts with one listing of ``runs/`` (and, for history views, of ``history/``):
+:meth:`~tasks.store.object_store.Store.versions` gives each object's version (local: mtime and
+size; S3: ETag and size) without reading it. A run's report.json is read again only when its
+version changed, a history object likewise; so the first request over a store of 1,000 runs reads
+1,000 reports, and the next ones read nothing but the listing. A rendered run page is kept per
+(report version, history versions) — the page's trend plot draws the store's history.
+
+A run is ``complete`` (report.json readable and a quantbench report), ``incomplete`` (no
+report.json: running, or failed) or ``unreadable`` (report.json present but broken: shown as such,
+with its one-line reason, never an error page). Run ids and file names that come from a URL are
+checked against :data:`RUN_ID` and the run's listed objects before any key is built from them.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+
+from tasks.publish.history import HISTORY, history_frame, read_history_object
+from tasks.publish.html_report import render_html
+from tasks.publish.plots import model_name, regression_text, render_plots
+from tasks.publish.results import INCOMPLETE, RUNS, parse_report
+from tasks.store.errors import QuantbenchError, TransientError
+from tasks.store.object_store import Store
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # what run_identity() makes, and older ids
+DOWNLOADS = re.compile(r"report\.(json|csv|md)|detections/[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\.json")
+READERS = 8  # report.json objects read at once on a first load
+KEPT_PAGES = 16  # rendered run pages kept (each ~0.3-1 MB with its plots)
+KEPT_REPORTS = 64  # parsed report.json dicts kept for pages, comparisons and the API
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _interval(value) -> list[float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) is not None for v in value):
+        return [float(value[0]), float(value[1])]
+    return None
+
+
+def variant_summary(entry: dict) -> dict:
+    """What the runs list shows of one variant: AP in [0, 1], ΔAP vs float32 and its 95% CI, size
+    in bytes, p50 latency in ms, failed images."""
+    return {
+        "variant": str(entry.get("variant")),
+        "AP": _number(_dict(entry.get("bbox")).get("AP")),
+        "delta_AP_vs_float32": _number(entry.get("delta_AP_vs_float32")),
+        "delta_AP_vs_float32_ci": _interval(entry.get("delta_AP_vs_float32_ci")),
+        "model_bytes": _number(entry.get("model_bytes")),
+        "latency_p50_ms": _number(_dict(entry.get("latency_ms")).get("p50")),
+        "images": _number(entry.get("images")),
+        "failed_images": _number(entry.get("failed_images")) or 0,
+    }
+
+
+def run_summary(run_id: str, report: dict, files: list[str]) -> dict:
+    """The runs list's row of a complete run (JSON-ready; every field read defensively)."""
+    model, dataset = _dict(report.get("model")), _dict(report.get("dataset"))
+    annotations = str(dataset.get("annotations") or "")
+    variants = [variant_summary(entry) for entry in report["variants"] if isinstance(entry, dict) and entry.get("variant")]
+    regressions = [r for r in report.get("regressions") or [] if isinstance(r, dict)]
+    return {
+        "run_id": run_id, "status": "complete", "problem": None,
+        "created": str(report.get("created") or ""),
+        "model": {"source": str(model.get("source") or ""), "name": model_name(str(model.get("source") or "?")),
+                  "digest": str(model.get("digest") or ""), "head": str(model.get("head") or "odapi")},
+        "dataset": {"annotations": annotations, "name": annotations.rstrip("/").rpartition("/")[2] or annotations,
+                    "digest": str(dataset.get("digest") or ""), "images": _number(dataset.get("images"))},
+        "variants": variants,
+        "compared_with": report.get("compared_with") if isinstance(report.get("compared_with"), str) else None,
+        "regressions": [{"variant": str(r.get("variant")), "metric": str(r.get("metric")), "previous": _number(r.get("previous")),
+                         "current": _number(r.get("current")), "change": _number(r.get("change")), "ci": _interval(r.get("ci")),
+                         "text": regression_text(r)} for r in regressions],
+        "failed_images": sum(v["failed_images"] for v in variants),
+        "files": files,
+    }
+
+
+def problem_summary(run_id: str, status: str, problem: str, files: list[str]) -> dict:
+    """The runs list's row of an incomplete or unreadable run."""
+    return {"run_id": run_id, "status": status, "problem": problem, "created": "", "model": None, "dataset": None,
+            "variants": [], "compared_with": None, "regressions": [], "failed_images": 0, "files": files}
+
+
+@dataclass(frozen=True)
+class _Run:
+    version: str | None  # report.json's; None when the run has none
+    summary: dict
+
+
+class Catalog:
+    """The runs and history of one store, cached by object version; safe to share between threads."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Run] = {}
+        self._ordered: list[dict] = []
+        self._tables: dict[str, tuple[str, pa.Table]] = {}
+        self._history: tuple[str, pd.DataFrame] = ("", history_frame([]))
+        self._reports: OrderedDict[tuple[str, str], dict] = OrderedDict()
+        self._pages: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def runs(self) -> list[dict]:
+        """Every run folder's summary, newest first (run ids start with their UTC start time)."""
+        listing = self._run_listing()
+        with self._lock:
+            stale = {run_id: objects for run_id, objects in listing.items()
+                     if run_id not in self._runs or self._runs[run_id].version != objects.get("report.json")}
+            if stale or set(self._runs) != set(listing):
+                with ThreadPoolExecutor(READERS) as readers:
+                    fresh = dict(zip(stale, readers.map(self._read_run, stale, stale.values())))
+                self._runs = {run_id: fresh.get(run_id) or self._runs[run_id] for run_id in listing}
+                self._ordered = [self._runs[run_id].summary for run_id in sorted(self._runs, reverse=True)]
+            return self._ordered
+
+    def _run_listing(self) -> dict[str, dict[str, str]]:
+        """run id -> {name inside the run folder: version}, for folders whose id is a valid run id."""
+        runs: dict[str, dict[str, str]] = {}
+        for key, version in self.store.versions(RUNS).items():
+            parts = key.split("/", 2)
+            if len(parts) == 3 and RUN_ID.fullmatch(parts[1]):
+                runs.setdefault(parts[1], {})[parts[2]] = version
+        return runs
+
+    def _read_run(self, run_id: str, objects: dict[str, str]) -> _Run:
+        files = sorted(name for name in objects if DOWNLOADS.fullmatch(name))
+        version = objects.get("report.json")
+        if version is None:
+            return _Run(None, problem_summary(run_id, "incomplete", INCOMPLETE, files))
+        try:
+            report = parse_report(self.store, run_id, self.store.read_bytes(f"{RUNS}/{run_id}/report.json"))
+            return _Run(version, run_summary(run_id, report, files))
+        except TransientError:
+            raise  # the store is out: not a property of this run, and nothing is cached
+        except QuantbenchError as error:
+            return _Run(version, problem_summary(run_id, "unreadable", f"unreadable report.json: {error}", files))
+
+    def summary(self, run_id: str) -> dict | None:
+        """The run's summary (None: no such run, or an id that is not one)."""
+        if not RUN_ID.fullmatch(run_id):
+            return None
+        self.runs()
+        with self._lock:
+            run = self._runs.get(run_id)
+        return None if run is None else run.summary
+
+    def report(self, run_id: str) -> dict | None:
+        """The parsed report.json of a complete run; None when there is no such complete run."""
+        summary = self.summary(run_id)
+        if summary is None or summary["status"] != "complete":
+            return None
+        version = self._runs[run_id].version
+        with self._lock:
+            if (run_id, version) in self._reports:
+                self._reports.move_to_end((run_id, version))
+                return self._reports[(run_id, version)]
+        report = parse_report(self.store, run_id, self.store.read_bytes(f"{RUNS}/{run_id}/report.json"))
+        with self._lock:
+            self._reports[(run_id, version)] = report
+            while len(self._reports) > KEPT_REPORTS:
+                self._reports.popitem(last=False)
+        return report
+
+    def download(self, run_id: str, name: str) -> bytes | None:
+        """A run's report.json/csv/md or ``detections/<variant>.json``; None for any other name or run."""
+        summary = self.summary(run_id)
+        if summary is None or name not in summary["files"]:
+            return None
+        return self.store.read_bytes(f"{RUNS}/{run_id}/{name}")
+
+    # --- history ------------------------------------------------------------------------------
+
+    def history(self) -> pd.DataFrame:
+        """Every history row (:func:`tasks.publish.history.read_history`'s frame), objects re-read
+        only when their version changed. A broken object raises its one-line QuantbenchError."""
+        versions = {key: version for key, version in self.store.versions(HISTORY).items()
+                    if key.count("/") == 1 and key.endswith(".parquet")}
+        token = hashlib.sha256(repr(sorted(versions.items())).encode()).hexdigest()
+        with self._lock:
+            if token == self._history[0]:
+                return self._history[1]
+            stale = [key for key, version in versions.items() if self._tables.get(key, ("",))[0] != version]
+        with ThreadPoolExecutor(READERS) as readers:
+            read = dict(zip(stale, readers.map(lambda key: read_history_object(self.store, key), stale)))
+        with self._lock:
+            self._tables = {key: (version, read[key] if key in read else self._tables[key][1]) for key, version in versions.items()}
+            self._history = (token, history_frame([self._tables[key][1] for key in sorted(self._tables)]))
+            return self._history[1]
+
+    # --- pages --------------------------------------------------------------------------------
+
+    def run_page(self, run_id: str) -> str | None:
+        """The run's report page, rendered from its report.json and the store's history exactly as the
+        run rendered its report.html (that stored file is never read); None when there is no such run."""
+        report = self.report(run_id)
+        if report is None:
+            return None
+        history = self.history()
+        key = (run_id, self._runs[run_id].version or "", self._history[0])
+        with self._lock:
+            if key in self._pages:
+                self._pages.move_to_end(key)
+                return self._pages[key]
+        page = render_html(report, render_plots(report, history))
+        with self._lock:
+            self._pages[key] = page
+            while len(self._pages) > KEPT_PAGES:
+                self._pages.popitem(last=False)
+        return page
+
