@@ -32,6 +32,7 @@ from tasks.model.spec import ModelSpec, label_map, spec_summary
 from tasks.model.variants import DEFAULT_VARIANTS, VARIANTS, convert_variant, saved_model_artifact
 from tasks.nightly.alerts import emit_regression_event
 from tasks.nightly.regression import RegressionsFound, Thresholds, describe, regression_task
+from tasks.publish.links import check_link_settings
 from tasks.publish.presentation import presentation_task
 from tasks.publish.report import VariantResult, build_report, report_task, run_identity
 from tasks.run.energy import energy_method, grid_intensity, run_power, variant_energy
@@ -131,8 +132,10 @@ def resolve_inputs(config: BenchmarkConfig) -> tuple[ResolvedModel, str, str, st
 
 
 def check_settings(config: BenchmarkConfig) -> None:
-    """The settings that need no input read: grid intensity, evaluation backend, the store (reachable, writable)."""
+    """The settings that need no input read: grid intensity, evaluation backend, the links' settings, the store
+    (reachable, writable)."""
     grid_intensity(config.grid_intensity)
+    check_link_settings()
     require_backend(config.eval_backend)
     if config.execution == "dask":
         require_dask()

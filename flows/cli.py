@@ -276,10 +276,18 @@ def _digest(source: str) -> int:
 
 
 def _print_published(report_url: str) -> None:
-    """The report table, then where the HTML page and report.json are (report.json last)."""
+    """The report table, then the page a browser opens (``page:``, with ``QUANTBENCH_RESULTS_URL`` or an S3
+    store; see :mod:`tasks.publish.links`) and when its link expires, then where the HTML page and
+    report.json are in the store (``report:`` last: scripts read it)."""
+    from tasks.publish.links import run_links
     from tasks.publish.presentation import html_url
 
     print(_table(report_url))
+    links = run_links(report_url)
+    if links.page:
+        print(f"page: {links.page}")
+    if links.expiry:
+        print(links.expiry)
     print(f"html: {html_url(report_url)}")
     print(f"report: {report_url}")
 

@@ -1,7 +1,7 @@
 """Oracle: a model that outputs each image's ground truth must score AP = 1.000 through the whole
 flow — conversion, sharded LiteRT inference, store, gather, pycocotools — for every variant."""
 import json
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -60,7 +60,10 @@ def test_report_and_summary_are_published_as_prefect_artifacts(prefect_backend, 
     rows = json.loads(artifact.data)
     assert [row["variant"] for row in rows] == ["float32", "int8"] and all(row["AP"] == 1.0 for row in rows)
     summary = Artifact.get("quantbench-summary")
-    assert summary.type == "markdown" and url.replace("report.json", "report.html") in summary.data
+    # A local store: the paths as text, no file:// link (a browser on the UI's page would not open it).
+    html_path = unquote(urlparse(url).path).replace("report.json", "report.html")
+    assert summary.type == "markdown" and f"HTML report: `{html_path}`" in summary.data
+    assert "](file:" not in summary.data
     assert "int8: " in summary.data and "smaller" in summary.data and "ΔAP +0.0000 [+0.0000, +0.0000]" in summary.data
 
 

@@ -13,6 +13,7 @@ import pytest
 from tasks.run.energy import energy_method, energy_summary, estimated_power
 from tasks.publish.history import history_rows
 from tasks.publish.html_report import render_html, significance, summary_markdown
+from tasks.publish.links import Link, RunLinks
 from tasks.publish.plots import (
     Point,
     accuracy_vs_energy,
@@ -26,6 +27,7 @@ RUN_ID = "20261128T185558Z-feaeb157-3693"
 PREVIOUS_RUN = "20261127T020000Z-feaeb157-aaaa"
 CATEGORIES = ["person", "bicycle", "car", "toaster", "hair drier", "traffic light"]
 INJECTED = "<script>alert('x')</script>"
+LINKS = RunLinks((Link("run page", "https://results.example/runs/r"), Link("report.json", "https://results.example/runs/r/report.json")))
 BASE_STATS = {"AP": 0.412, "AP50": 0.63, "AP75": 0.44, "APs": 0.21, "APm": 0.45, "APl": None, "AR1": 0.33,
               "AR10": 0.5, "AR100": 0.52, "ARs": 0.3, "ARm": 0.55, "ARl": None}
 # variant -> (bytes, p50 ms, AP shift vs float32, ΔAP CI)
@@ -231,15 +233,15 @@ def test_html_mask_columns():
 
 
 def test_summary_markdown_wording(report):
-    text = summary_markdown(report, "s3://b/runs/r/report.json", "s3://b/runs/r/report.html", "s3://b/runs/r/plots/")
+    text = summary_markdown(report, LINKS)
     assert "int8: 3.9x smaller, 2.3x faster (p50), ΔAP +0.0004 [-0.0021, +0.0030]: no significant loss" in text
     assert "float16: 2.0x smaller, 1.0x faster (p50), ΔAP undefined\n" in text
     assert "int8: 1 of 201 images failed" in text
     assert f"2 vs {PREVIOUS_RUN}: int8 AP 0.909 → 0.412 (-0.4962 [-0.5400, -0.4700]); int8 latency_p50_ms 4,000 ms → 9,000 ms (+5,000 ms)" in text
-    assert "(s3://b/runs/r/report.json)" in text and "(s3://b/runs/r/report.html)" in text and "(s3://b/runs/r/plots/)" in text
+    assert text.endswith("\n\n[run page](https://results.example/runs/r) · [report.json](https://results.example/runs/r/report.json)\n")
     loss = copy.deepcopy(report)
     loss["variants"][3]["delta_AP_vs_float32"], loss["variants"][3]["delta_AP_vs_float32_ci"] = -0.0031, [-0.0052, -0.0011]
-    assert "ΔAP -0.0031 [-0.0052, -0.0011]: significant loss" in summary_markdown(loss, "r", "h", "p")
+    assert "ΔAP -0.0031 [-0.0052, -0.0011]: significant loss" in summary_markdown(loss, LINKS)
 
 
 @pytest.mark.parametrize(("delta", "ci", "verdict"), [

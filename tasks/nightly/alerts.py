@@ -29,6 +29,7 @@ from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
+from tasks.publish.links import run_links
 from tasks.store.errors import QuantbenchError
 
 REGRESSION_EVENT = "quantbench.regression.detected"
@@ -44,8 +45,11 @@ WEBHOOK_SECRET = "webhook_url"
 
 
 def regression_event(report: dict, report_url: str) -> dict:
-    """The keyword arguments of ``emit_event`` for a report with regressions."""
+    """The keyword arguments of ``emit_event`` for a report with regressions. Its payload's ``page`` is the
+    link a browser opens (:func:`tasks.publish.links.run_links`; None for a local store), ``links_expire``
+    when that link stops working (None: it does not)."""
     run_id, model, regressions = report["run_id"], report["model"], report["regressions"]
+    links = run_links(report_url)
     return {
         "event": REGRESSION_EVENT,
         "resource": {"prefect.resource.id": f"quantbench.run.{run_id}", "prefect.resource.name": run_id},
@@ -59,6 +63,8 @@ def regression_event(report: dict, report_url: str) -> dict:
             "model": model["source"],
             "model_digest": model["digest"],
             "report": report_url,
+            "page": links.page,
+            "links_expire": links.expiry,
             "compared_with": report["compared_with"],
             "variants": sorted({r["variant"] for r in regressions}),
             "metrics": sorted({r["metric"] for r in regressions}),

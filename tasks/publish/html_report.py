@@ -6,7 +6,7 @@ string taken from the report is HTML-escaped. A report with a ``diagnosis`` (iss
 Diagnosis section: its summary line and swept ops' table (worded by :mod:`tasks.publish.diagnosis`)
 and its two plots. :func:`summary_markdown` is the few lines of a
 Prefect markdown artifact: size and speed vs float32, ΔAP with its 95% CI and whether the loss is
-significant, failures, regressions and links.
+significant, failures, regressions and where to open the results.
 
 Units as in report.json: sizes in bytes (shown in MB = 10^6 bytes), latency in ms, AP in [0, 1].
 """
@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from tasks.publish.diagnosis import cost_text, diagnosis_summary, op_cells, recovered_text
 from tasks.publish.history import delta_text
+from tasks.publish.links import RunLinks
 from tasks.publish.plots import MB, metric_text, ms_text, run_title
 from tasks.publish.report import report_table
 
@@ -154,10 +155,10 @@ def _failure_counts(report: dict) -> str:
 # --- markdown summary ---------------------------------------------------------------------------
 
 
-def summary_markdown(report: dict, report_url: str, html_url: str, plots_url: str) -> str:
+def summary_markdown(report: dict, links: RunLinks) -> str:
     """A few markdown lines for a Prefect artifact: each variant vs float32 (size, p50 speed, ΔAP
-    with CI and its significance), failures, regressions, links to report.json, the HTML page and
-    the plots folder."""
+    with CI and its significance), failures, regressions, then where to open the results
+    (:mod:`tasks.publish.links`: only links a browser opens)."""
     float32 = _baseline(report)
     model = report.get("model") or {}
     lines = [f"**quantbench {report['run_id']}**: {run_title(report)}", "",
@@ -167,7 +168,7 @@ def summary_markdown(report: dict, report_url: str, html_url: str, plots_url: st
     lines += [f"- {variant_summary(e, float32)}" for e in report["variants"] if e["variant"] != BASELINE]
     lines.append(f"- failures: {_failure_counts(report)}")
     lines.append(f"- regressions: {_regressions_line(report)}")
-    lines += ["", f"[report.json]({report_url}) · [HTML report]({html_url}) · [plots]({plots_url})"]
+    lines += ["", links.markdown()]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.store.errors import STORE_RETRIES
 from tasks.publish.history import read_history
 from tasks.publish.html_report import render_html, summary_markdown
+from tasks.publish.links import run_links
 from tasks.publish.plots import render_plots
 from tasks.store.object_store import Store, open_store
 
@@ -41,7 +42,7 @@ def presentation_task(report: dict, report_url: str, store_url: str, run_prefix:
     """Plots, report.html and the ``quantbench-summary`` markdown artifact; returns report.html's URL."""
     url = publish_presentation(report, report_url, store_url, run_prefix)
     create_markdown_artifact(
-        markdown=summary_markdown(report, report_url, url, f"{report_url.rsplit('/', 1)[0]}/plots/"),
+        markdown=summary_markdown(report, run_links(report_url)),
         key="quantbench-summary",
         description=f"quantbench run {report['run_id']}: what matters",
     )

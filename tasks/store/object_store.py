@@ -234,8 +234,9 @@ class S3Store(Store):
         custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         addressing = {"addressing_style": "path"} if custom_endpoint else {}
         # A session per store: credentials are resolved now, not cached from an earlier store.
-        session = boto3.session.Session()
-        self.client = session.client("s3", config=Config(s3=addressing, retries={"mode": "standard"}))
+        self._session = session = boto3.session.Session()
+        # SigV4 for presigned URLs too (botocore would presign with the deprecated SigV2 in us-east-1).
+        self.client = session.client("s3", config=Config(s3=addressing, retries={"mode": "standard"}, signature_version="s3v4"))
         # For the up-front check only: an unreachable endpoint must fail in seconds, not minutes.
         self._probe = session.client("s3", config=Config(s3=addressing, connect_timeout=3, read_timeout=5,
                                                           retries={"mode": "standard", "max_attempts": 2}))
@@ -370,6 +371,24 @@ class S3Store(Store):
                                   "(check AWS_ENDPOINT_URL and the network)") from None
         with contextlib.suppress(BotoCoreError, ClientError):  # a write-only policy may forbid deleting
             self._probe.delete_object(Bucket=self.bucket, Key=probe)
+
+    def presigned_get(self, key: str, expiry_s: int, content_type: str) -> str:
+        """A GET URL of the object that needs no credentials for ``expiry_s`` seconds (SigV4, at most
+        604800), answered with ``Content-Type: content_type``. It carries the access key id and a
+        signature, never the secret key; nothing is sent to S3 to make it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        params = {"Bucket": self.bucket, "Key": self._key(check_key(key)), "ResponseContentType": content_type}
+        try:
+            return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expiry_s)
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(key, error) from None
+
+    def temporary_credentials(self) -> bool:
+        """Whether the store signs with temporary credentials (a session token: STS, SSO, IRSA), which
+        end presigned URLs when they expire themselves, possibly before the URLs' own expiry."""
+        credentials = self._session.get_credentials()
+        return bool(credentials and credentials.get_frozen_credentials().token)
 
     def local_path(self, key: str, cache_dir: Path) -> Path:
         target = Path(cache_dir) / "s3" / self.bucket / self._key(check_key(key))
