@@ -16,9 +16,10 @@ START_SECONDS = 60
 
 
 @contextlib.contextmanager
-def serving(store: str, env: dict[str, str] | None = None, *options: str):
-    """Yield the base URL (``http://127.0.0.1:<port>``) of ``quantbench serve --store <store>``."""
-    port = free_port()
+def serving(store: str, env: dict[str, str] | None = None, *options: str, port: int | None = None):
+    """Yield the base URL (``http://127.0.0.1:<port>``) of ``quantbench serve --store <store>`` (on
+    ``port``, else a free one)."""
+    port = port or free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"quantbench-serve-{port}.log"
     with open(log, "w") as output:
         process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--store", store, "--port", str(port), *options],

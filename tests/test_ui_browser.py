@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.prefect_server import PREFECT, REPO, Cluster
+from tests.prefect_server import PREFECT, REPO, Cluster, free_port
+from tests.serve_process import serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -41,6 +42,9 @@ TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 def cluster(tmp_path_factory):
     """Server + process pool + deployments + one worker, as test_distributed sets them up."""
     cluster = Cluster(tmp_path_factory.mktemp("ui-cluster"))
+    # Where `quantbench serve` will answer: the run's summary artifact links there (tasks.publish.links).
+    cluster.results_port = free_port()
+    cluster.env["QUANTBENCH_RESULTS_URL"] = f"http://127.0.0.1:{cluster.results_port}"
     # No scheduled nightly runs: the cron schedule is still registered and shown as active, but the
     # worker only ever picks up the run this test submits (not a full nightly writing to the repo's store).
     cluster.env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
@@ -260,8 +264,25 @@ def test_a_custom_run_from_the_ui_completes_and_shows_its_report_artifacts(clust
         page.get_by_text("quantbench-summary", exact=True).click()
         summary = page.get_by_test_id("markdown-display")
         sync_api.expect(summary).to_contain_text(re.compile(r"int8: \d+(\.\d+)?x smaller"))
-        sync_api.expect(summary).to_contain_text("HTML report")
+        sync_api.expect(summary).to_contain_text("run page")
         screenshots(page, "5-summary-artifact")
+
+        # The summary's link opens the run's page on `quantbench serve` (QUANTBENCH_RESULTS_URL), in a browser.
+        link = summary.get_by_role("link", name="run page")
+        results_url = cluster.env["QUANTBENCH_RESULTS_URL"]
+        sync_api.expect(link).to_have_attribute("href", f"{results_url}/runs/{report['run_id']}")
+        with serving(str(store), port=cluster.results_port):
+            if link.get_attribute("target") == "_blank":
+                with page.context.expect_page() as opened:
+                    link.click()
+                landed = opened.value
+            else:
+                link.click()
+                landed = page
+            landed.wait_for_url(f"{results_url}/runs/{report['run_id']}")
+            sync_api.expect(landed.locator("h1")).to_have_text(f"quantbench report {report['run_id']}")
+            sync_api.expect(landed.locator("table").first).to_contain_text("int8")
+            screenshots(landed, "6-run-page-from-the-artifact", full_page=False)
     except Exception:
         screenshots(page, "failure")
         raise
@@ -270,3 +291,56 @@ def test_a_custom_run_from_the_ui_completes_and_shows_its_report_artifacts(clust
             hosts = sorted({re.sub(r"^\w+://([^/]+).*", r"\1", url) for url in page.blocked_requests})  # type: ignore[attr-defined]
             print(f"note: the UI tried to reach {', '.join(hosts)} (blocked: this test only talks to 127.0.0.1)")
         print(f"UI path took {time.monotonic() - started:.0f} s")
+
+
+def _all_images_drawn(page) -> bool:
+    return page.evaluate("() => [...document.images].length > 0 && [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_the_results_site_lists_runs_opens_one_shows_the_nightly_view_and_compares(nightly_runs, page, screenshots):
+    """`quantbench serve` over three nightly runs (the third a regressed checkpoint in the same
+    model location), as a user clicks through it: the runs list, a run's page with its plots, the
+    model's nightly view (three points per variant, the regression ringed), a point back to its
+    run, and two runs compared."""
+    runs, store = nightly_runs
+    first, second, third = (report for _, report in runs)
+    with serving(str(store)) as base:
+        try:
+            page.goto(f"{base}/")
+            rows = page.locator("table#runs tbody tr")
+            sync_api.expect(rows).to_have_count(3)
+            sync_api.expect(rows.first.locator(".badge.regressions")).to_have_text(f"{len(third['regressions'])} regressions")
+            screenshots(page, "serve-1-runs")
+
+            rows.first.locator("a.run").click()
+            page.wait_for_url(f"{base}/runs/{third['run_id']}")
+            sync_api.expect(page.locator("h1")).to_have_text(f"quantbench report {third['run_id']}")
+            plots = page.locator("figure img")
+            assert plots.count() >= 5
+            assert _all_images_drawn(page), "a plot of the run's page did not load"
+            screenshots(page, "serve-2-run", full_page=False)
+
+            page.locator("a#nightly").click()
+            page.wait_for_url(re.compile(f"{base}/models/[0-9a-f]+$"))
+            ap_chart = page.locator("svg.chart").first
+            for variant in ("saved_model", "float32", "float16", "int8"):
+                sync_api.expect(ap_chart.locator(f'a.point[data-series="{variant}"]')).to_have_count(3)
+            regressed = ap_chart.locator("a.point.regressed")
+            ap_drops = [r for r in third["regressions"] if r["metric"] == "AP"]
+            sync_api.expect(regressed).to_have_count(len(ap_drops))
+            assert {regressed.nth(i).get_attribute("data-run") for i in range(regressed.count())} == {third["run_id"]}
+            screenshots(page, "serve-3-nightly")
+
+            ap_chart.locator(f'a.point[data-run="{first["run_id"]}"]').last.click()  # the topmost of the run's points
+            page.wait_for_url(f"{base}/runs/{first['run_id']}")
+            page.go_back()
+            page.goto(f"{base}/runs/{third['run_id']}")
+            page.locator("a#compare").click()
+            page.wait_for_url(re.compile(f"{base}/compare\\?a={second['run_id']}&b={third['run_id']}$"))
+            sync_api.expect(page.locator("table#variants tbody tr")).to_have_count(4)
+            sync_api.expect(page.locator("table#categories tbody tr")).to_have_count(len(third["variants"][0]["per_category_AP"]))
+            screenshots(page, "serve-4-compare")
+            assert not page.blocked_requests  # type: ignore[attr-defined]  # nothing loaded from elsewhere
+        except Exception:
+            screenshots(page, "serve-failure")
+            raise
