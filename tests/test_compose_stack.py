@@ -232,6 +232,10 @@ def test_a_benchmark_triggered_on_the_compose_stack_runs_end_to_end_and_equals_a
     assert runs.status_code == 200 and run_id in runs.text, runs.text[-2000:]
     page = httpx.get(f"{stack['results']}/runs/{run_id}", headers=bearer, timeout=120)
     assert page.status_code == 200 and run_id in page.text, page.text[-2000:]
+    # The worker's QUANTBENCH_RESULTS_URL: the run's summary artifact links to that page.
+    artifacts = httpx.post(f"{stack['api']}/artifacts/filter", auth=auth, timeout=10,
+                           json={"artifacts": {"key": {"any_": ["quantbench-summary"]}}}).json()
+    assert any(f"{stack['results']}/runs/{run_id}" in str(a["data"]) for a in artifacts), artifacts
     fetched = tmp_path / "fetched"
     _run(stack, QUANTBENCH, "results", "fetch", run_id, str(fetched), "--store", "s3://quantbench/results")
     on_stack = json.loads(next(fetched.rglob("report.json")).read_text())
