@@ -126,6 +126,7 @@ def test_broken_and_incomplete_runs_are_listed_as_such_not_an_error(nightly_runs
     (store / "runs" / broken / "report.json").write_text('{"variants": [')
     (store / "runs" / incomplete / "detections").mkdir(parents=True)
     (store / "runs" / incomplete / "detections" / "int8.json").write_text("[]")
+    (store / "history" / f"{broken}.parquet").write_bytes(b"not parquet")
     with serving(str(store)) as base:
         page = httpx.get(f"{base}/")
         assert page.status_code == 200
@@ -137,6 +138,10 @@ def test_broken_and_incomplete_runs_are_listed_as_such_not_an_error(nightly_runs
         for run_id in (broken, incomplete):
             response = httpx.get(f"{base}/runs/{run_id}")
             assert response.status_code == 404 and f"run {run_id} is {statuses[run_id]}: " in response.text
+        nightly = httpx.get(f"{base}/models/{runs[2][1]['model']['digest'][:12]}")  # the broken history object is left out, said
+        assert nightly.status_code == 200 and f"left out: {(store / 'history').as_uri()}/{broken}.parquet is not a readable history file" \
+            in nightly.text
+        assert len(re.findall(r'class="point[^"]*" data-run="[^"]+" data-series="float32"', nightly.text)) == 9  # 3 runs x 3 charts
 
 
 def test_the_nightly_view_shows_every_run_of_the_model_location_with_its_regressions(site):
@@ -190,7 +195,7 @@ class CountingStore(LocalStore):
 def test_the_catalog_reads_each_report_once_and_again_only_when_it_changes(nightly_runs, tmp_path):
     runs, source = nightly_runs
     store = CountingStore(_copy(source, tmp_path))
-    catalog = Catalog(store)
+    catalog = Catalog(store, listing_s=0)  # every call lists the store again
     assert len(catalog.runs()) == 3 and sorted(store.reads) == sorted(f"runs/{r['run_id']}/report.json" for _, r in runs)
     assert len(catalog.history()) == 12 and len(store.reads) == 6
     store.reads.clear()

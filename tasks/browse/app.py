@@ -177,7 +177,7 @@ def create_app(store: Store, token: str | None = None) -> Starlette:
             return JSONResponse({"model_digest": digest, "model_sources": sorted(sources), "rows": records},
                                 status_code=200 if records else 404)
         summaries = {r["run_id"]: r for r in catalog.runs()}
-        html = model_page(digest, history, summaries, store.url)
+        html = model_page(digest, history, summaries, store.url, catalog.history_problems())
         return not_found(f"no run of a model with digest {digest} in this store's history") if html is None else HTMLResponse(html)
 
     def pair(request: Request) -> tuple[dict, dict] | str:

@@ -1,6 +1,7 @@
 """What a store holds, as the results site shows it, read once and kept while unchanged.
 
-Every request starts with one listing of ``runs/`` (and, for history views, of ``history/``):
+Every request starts with one listing of ``runs/`` (and, for history views, of ``history/``),
+reused for :data:`LISTING_S` by the rest of the request and by requests right after it:
 :meth:`~tasks.store.object_store.Store.versions` gives each object's version (local: mtime and
 size; S3: ETag and size) without reading it. A run's report.json is read again only when its
 version changed, a history object likewise; so the first request over a store of 1,000 runs reads
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ DOWNLOADS = re.compile(r"report\.(json|csv|md)|detections/[A-Za-z0-9][A-Za-z0-9.
 READERS = 8  # report.json objects read at once on a first load
 KEPT_PAGES = 16  # rendered run pages kept (each ~0.3-1 MB with its plots)
 KEPT_REPORTS = 64  # parsed report.json dicts kept for pages, comparisons and the API
+LISTING_S = 1.0  # a listing is reused this long: the pieces of one request (and a burst) list once
 
 
 def _dict(value) -> dict:
@@ -105,15 +108,27 @@ class _Run:
 class Catalog:
     """The runs and history of one store, cached by object version; safe to share between threads."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, listing_s: float = LISTING_S):
+        self.store, self.listing_s = store, listing_s
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
         self._ordered: list[dict] = []
-        self._tables: dict[str, tuple[str, pa.Table]] = {}
+        self._tables: dict[str, tuple[str, pa.Table | None, str | None]] = {}  # key -> (version, table, problem)
         self._history: tuple[str, pd.DataFrame] = ("", history_frame([]))
         self._reports: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._pages: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._listings: dict[str, tuple[float, dict[str, str]]] = {}  # prefix -> (monotonic time, versions)
+
+    def _versions(self, prefix: str) -> dict[str, str]:
+        """``store.versions(prefix)``, listed again once it is ``listing_s`` old."""
+        with self._lock:
+            listed = self._listings.get(prefix)
+        if listed is not None and time.monotonic() - listed[0] < self.listing_s:
+            return listed[1]
+        versions = self.store.versions(prefix)
+        with self._lock:
+            self._listings[prefix] = (time.monotonic(), versions)
+        return versions
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -133,7 +148,7 @@ class Catalog:
     def _run_listing(self) -> dict[str, dict[str, str]]:
         """run id -> {name inside the run folder: version}, for folders whose id is a valid run id."""
         runs: dict[str, dict[str, str]] = {}
-        for key, version in self.store.versions(RUNS).items():
+        for key, version in self._versions(RUNS).items():
             parts = key.split("/", 2)
             if len(parts) == 3 and RUN_ID.fullmatch(parts[1]):
                 runs.setdefault(parts[1], {})[parts[2]] = version
@@ -188,21 +203,36 @@ class Catalog:
     # --- history ------------------------------------------------------------------------------
 
     def history(self) -> pd.DataFrame:
-        """Every history row (:func:`tasks.publish.history.read_history`'s frame), objects re-read
-        only when their version changed. A broken object raises its one-line QuantbenchError."""
-        versions = {key: version for key, version in self.store.versions(HISTORY).items()
+        """Every readable history row (:func:`tasks.publish.history.read_history`'s frame), objects
+        re-read only when their version changed. An unreadable object is left out and named in
+        :meth:`history_problems`; an unreachable store raises."""
+        versions = {key: version for key, version in self._versions(HISTORY).items()
                     if key.count("/") == 1 and key.endswith(".parquet")}
         token = hashlib.sha256(repr(sorted(versions.items())).encode()).hexdigest()
         with self._lock:
             if token == self._history[0]:
                 return self._history[1]
-            stale = [key for key, version in versions.items() if self._tables.get(key, ("",))[0] != version]
+            stale = [key for key, version in versions.items() if key not in self._tables or self._tables[key][0] != version]
         with ThreadPoolExecutor(READERS) as readers:
-            read = dict(zip(stale, readers.map(lambda key: read_history_object(self.store, key), stale)))
+            read = dict(zip(stale, readers.map(self._read_history_object, stale)))
         with self._lock:
-            self._tables = {key: (version, read[key] if key in read else self._tables[key][1]) for key, version in versions.items()}
-            self._history = (token, history_frame([self._tables[key][1] for key in sorted(self._tables)]))
+            self._tables = {key: (version, *(read[key] if key in read else self._tables[key][1:])) for key, version in versions.items()}
+            tables = [self._tables[key][1] for key in sorted(self._tables) if self._tables[key][1] is not None]
+            self._history = (token, history_frame(tables))
             return self._history[1]
+
+    def _read_history_object(self, key: str) -> tuple[pa.Table | None, str | None]:
+        try:
+            return read_history_object(self.store, key), None
+        except TransientError:
+            raise
+        except QuantbenchError as error:
+            return None, str(error)
+
+    def history_problems(self) -> list[str]:
+        """One line per history object left out of :meth:`history` because it cannot be read."""
+        with self._lock:
+            return [problem for _, _, problem in self._tables.values() if problem]
 
     # --- pages --------------------------------------------------------------------------------
 

@@ -177,22 +177,22 @@ def _finite(value) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 
-def _chart(rows: pd.DataFrame, column: str, title: str, text, metric: str, zero: bool, regressed: set, order: dict,
+def _chart(records: list[dict], column: str, title: str, text, metric: str, zero: bool, regressed: set, order: dict,
            labels: list[str]) -> str:
-    """One metric per variant over the runs (``order``: run id -> x position; ``labels``: per position)."""
-    series = []
-    for index, (variant, group) in enumerate(rows.groupby("variant", sort=False)):
+    """One metric per variant over the runs (``records``: history rows as dicts; ``order``: run id ->
+    x position; ``labels``: per position)."""
+    series: dict[str, Series] = {}
+    for row in records:
+        variant = str(row["variant"])
         if column == "delta_AP_vs_float32" and variant == "float32":
             continue
-        line = Series(str(variant), color_of(index))
-        for row in group.itertuples(index=False):
-            value = _finite(getattr(row, column))
-            low, high = _finite(row.delta_AP_vs_float32_ci_low), _finite(row.delta_AP_vs_float32_ci_high)
-            interval = (low, high) if column == "delta_AP_vs_float32" and math.isfinite(low) and math.isfinite(high) else None
-            line.points.append(Point(order[row.run_id], value, row.run_id, f"{variant} · {row.run_id} · {text(value)}", interval,
-                                     (row.run_id, str(variant), metric) in regressed))
-        series.append(line)
-    return line_chart(title, series, labels, text, zero)
+        line = series.setdefault(variant, Series(variant, color_of(len(series))))
+        value = _finite(row[column])
+        low, high = _finite(row["delta_AP_vs_float32_ci_low"]), _finite(row["delta_AP_vs_float32_ci_high"])
+        interval = (low, high) if column == "delta_AP_vs_float32" and math.isfinite(low) and math.isfinite(high) else None
+        line.points.append(Point(order[row["run_id"]], value, row["run_id"], f"{variant} · {row['run_id']} · {text(value)}", interval,
+                                 (row["run_id"], variant, metric) in regressed))
+    return line_chart(title, list(series.values()), labels, text, zero)
 
 
 def _dataset_section(rows: pd.DataFrame, summaries: dict[str, dict]) -> str:
@@ -200,18 +200,22 @@ def _dataset_section(rows: pd.DataFrame, summaries: dict[str, dict]) -> str:
     order = {run_id: i for i, run_id in enumerate(runs["run_id"])}
     labels = [created.strftime("%m-%d %H:%M") for created in runs["created"]]
     regressed = {(run_id, r["variant"], r["metric"]) for run_id in order for r in (summaries.get(run_id) or {}).get("regressions", [])}
-    charts = [_chart(rows, column, title, text, metric, zero, regressed, order, labels) for column, title, text, metric, zero in CHARTS]
-    table = _nightly_table(rows, runs, summaries)
+    records = rows.to_dict("records")  # one pass: per-run frame filtering is quadratic, row access on frames slow
+    charts = [_chart(records, column, title, text, metric, zero, regressed, order, labels) for column, title, text, metric, zero in CHARTS]
+    table = _nightly_table(records, runs, summaries)
     return f'<div class="charts">{"".join(charts)}</div>{table}'
 
 
-def _nightly_table(rows: pd.DataFrame, runs: pd.DataFrame, summaries: dict[str, dict]) -> str:
+def _nightly_table(records: list[dict], runs: pd.DataFrame, summaries: dict[str, dict]) -> str:
+    """The runs, newest first: each variant's AP, ΔAP [CI], p50 and size, the checkpoint, the regressions."""
+    variants: dict[str, list[dict]] = {}
+    for row in records:
+        variants.setdefault(row["run_id"], []).append(row)
     body, previous_digest = [], None
     for run in runs.itertuples(index=False):
-        group = rows[rows["run_id"] == run.run_id]
-        cells = "".join(f"<div>{_e(v.variant)} AP {_ap(_finite(v.AP))} · ΔAP "
-                        f"{_e(delta_with_ci(_finite(v.delta_AP_vs_float32), [_finite(v.delta_AP_vs_float32_ci_low), _finite(v.delta_AP_vs_float32_ci_high)]))}"
-                        f" · p50 {_ms(_finite(v.latency_p50_ms))} ms · {_mb(_finite(v.model_bytes))} MB</div>" for v in group.itertuples(index=False))
+        cells = "".join(f"<div>{_e(v['variant'])} AP {_ap(_finite(v['AP']))} · ΔAP "
+                        f"{_e(delta_with_ci(_finite(v['delta_AP_vs_float32']), [_finite(v['delta_AP_vs_float32_ci_low']), _finite(v['delta_AP_vs_float32_ci_high'])]))}"
+                        f" · p50 {_ms(_finite(v['latency_p50_ms']))} ms · {_mb(_finite(v['model_bytes']))} MB</div>" for v in variants[run.run_id])
         summary = summaries.get(run.run_id)
         badge = regressions_badge(summary) if summary and summary["status"] == "complete" else ""
         changed = ' <span class="badge none">new checkpoint</span>' if previous_digest and run.model_digest != previous_digest else ""
@@ -223,9 +227,10 @@ def _nightly_table(rows: pd.DataFrame, runs: pd.DataFrame, summaries: dict[str, 
             "</tr></thead><tbody>" + "".join(reversed(body)) + "</tbody></table>")
 
 
-def model_page(digest: str, history: pd.DataFrame, summaries: dict[str, dict], store_url: str) -> str | None:
+def model_page(digest: str, history: pd.DataFrame, summaries: dict[str, dict], store_url: str, problems: list[str]) -> str | None:
     """``/models/<digest>``: every run of the model location(s) that ever held a model with this digest
-    (prefix), per dataset, over time; None when no history row has that digest."""
+    (prefix), per dataset, over time; None when no history row has that digest. ``problems``: the
+    history objects that could not be read, one line each."""
     own = history[history["model_digest"].str.startswith(digest.lower(), na=False)]
     if own.empty:
         return None
@@ -240,7 +245,8 @@ def model_page(digest: str, history: pd.DataFrame, summaries: dict[str, dict], s
     intro = (f"<p>Model location{'s' * (len(sources) != 1)} {', '.join(f'<code>{_e(s)}</code>' for s in sources)}: every benchmark run "
              f"of it in this store, oldest left; {digests} distinct checkpoint{'s' * (digests != 1)} (model digests). "
              "Regressions (against the previous comparable run, as each run found them) are ringed in red.</p>")
-    return layout(f"nightly view: {model_name(sources[0]) if sources else digest}", intro + "".join(sections), store_url)
+    left_out = "".join(f'<p class="problem">left out: {_e(problem)}</p>' for problem in problems)
+    return layout(f"nightly view: {model_name(sources[0]) if sources else digest}", intro + left_out + "".join(sections), store_url)
 
 
 # --- two runs compared --------------------------------------------------------------------------
