@@ -6,11 +6,13 @@ unreachable store at start and while serving; the token."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -127,17 +129,25 @@ def test_broken_and_incomplete_runs_are_listed_as_such_not_an_error(nightly_runs
     (store / "runs" / incomplete / "detections").mkdir(parents=True)
     (store / "runs" / incomplete / "detections" / "int8.json").write_text("[]")
     (store / "history" / f"{broken}.parquet").write_bytes(b"not parquet")
+    odd = "20991231T000002Z-oddshape-0000"  # JSON with a variants list, of the wrong shape for a page
+    (store / "runs" / odd).mkdir()
+    (store / "runs" / odd / "report.json").write_text(json.dumps({"run_id": odd, "variants": [{"variant": "int8", "bbox": [1], "latency": 3}],
+                                                                  "model": "text", "dataset": [], "regressions": ["x"]}))
     with serving(str(store)) as base:
         page = httpx.get(f"{base}/")
         assert page.status_code == 200
         assert re.search(rf"<code>{broken}</code></td><td [^>]*>unreadable: unreadable report.json: [^<]*not JSON", page.text)
         assert re.search(rf"<code>{incomplete}</code></td><td [^>]*>incomplete: ", page.text)
-        assert len(re.findall(r'<a class="run" href', page.text)) == 3  # the good runs are all still there
+        assert len(re.findall(r'<a class="run" href', page.text)) == 4  # the good runs are all still there, and the odd one
         statuses = {r["run_id"]: r["status"] for r in httpx.get(f"{base}/api/runs").json()["runs"]}
         assert statuses[broken] == "unreadable" and statuses[incomplete] == "incomplete"
         for run_id in (broken, incomplete):
             response = httpx.get(f"{base}/runs/{run_id}")
             assert response.status_code == 404 and f"run {run_id} is {statuses[run_id]}: " in response.text
+        shown = httpx.get(f"{base}/runs/{odd}")
+        assert shown.status_code == 422 and f"report.json of run {odd} is not a quantbench report the page can show" in shown.text
+        odd_pair = httpx.get(f"{base}/api/compare", params={"a": odd, "b": runs[0][1]["run_id"]})
+        assert odd_pair.status_code in (200, 422) and odd_pair.headers["content-type"] == "application/json"
         nightly = httpx.get(f"{base}/models/{runs[2][1]['model']['digest'][:12]}")  # the broken history object is left out, said
         assert nightly.status_code == 200 and f"left out: {(store / 'history').as_uri()}/{broken}.parquet is not a readable history file" \
             in nightly.text
@@ -195,7 +205,7 @@ class CountingStore(LocalStore):
 def test_the_catalog_reads_each_report_once_and_again_only_when_it_changes(nightly_runs, tmp_path):
     runs, source = nightly_runs
     store = CountingStore(_copy(source, tmp_path))
-    catalog = Catalog(store, listing_s=0)  # every call lists the store again
+    catalog = Catalog(store, listing_s=0, max_stale_s=0)  # every call lists the store again, and waits for it
     assert len(catalog.runs()) == 3 and sorted(store.reads) == sorted(f"runs/{r['run_id']}/report.json" for _, r in runs)
     assert len(catalog.history()) == 12 and len(store.reads) == 6
     store.reads.clear()
@@ -267,8 +277,19 @@ def test_an_s3_store_is_served_like_a_local_one_and_its_outage_is_said(nightly_r
                 assert server.secret_key not in response.text and server.access_key not in response.text
                 assert server.secret_key not in str(response.headers)
             s3.stop()
-            down = httpx.get(f"{base}/", timeout=120)
+            # The page in hand may rest on the listing made before the outage; a later one says so.
+            down = _first(lambda: httpx.get(f"{base}/", timeout=120), lambda response: response.status_code != 200, tries=10)
             assert down.status_code == 503 and f"the store {url} cannot be read right now" in down.text
             assert httpx.get(f"{base}/api/runs", timeout=120).json()["error"].startswith(f"the store {url} cannot be read right now")
     finally:
         s3.stop()
+
+
+def _first(fetch, done, tries: int):
+    """The first of at most ``tries`` answers (one a second) for which ``done`` holds, else the last."""
+    for _ in range(tries):
+        answer = fetch()
+        if done(answer):
+            return answer
+        time.sleep(1)
+    return answer

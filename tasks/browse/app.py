@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tasks.browse.catalog import Catalog
+from tasks.browse.catalog import MALFORMED, Catalog, UnshowableReport
 from tasks.browse.pages import compare_page, comparison, matches, message_page, model_page, runs_page, with_navigation
 from tasks.store.errors import QuantbenchError
 from tasks.store.object_store import Store
@@ -126,6 +126,8 @@ def create_app(store: Store, token: str | None = None) -> Starlette:
         def endpoint(request: Request) -> Response:
             try:
                 return handler(request)
+            except UnshowableReport as error:
+                return JSONResponse({"error": str(error)}, status_code=422) if api else page("cannot show this run", str(error), 422)
             except QuantbenchError as error:
                 return store_down(error, api)
         endpoint.__name__ = handler.__name__
@@ -188,13 +190,20 @@ def create_app(store: Store, token: str | None = None) -> Starlette:
             return f"no complete run {missing[0]!r} in this store (give ?a=RUN&b=RUN, two run ids)"
         return reports[0], reports[1]
 
+    def compared(reports: tuple[dict, dict], make):
+        try:
+            return make(*reports)
+        except MALFORMED as error:
+            raise UnshowableReport(f"the runs {reports[0].get('run_id')} and {reports[1].get('run_id')} cannot be compared: "
+                                   f"a report.json is not a quantbench report ({error!r})") from None
+
     def compare(request: Request) -> Response:
         reports = pair(request)
-        return not_found(reports) if isinstance(reports, str) else HTMLResponse(compare_page(*reports, store.url))
+        return not_found(reports) if isinstance(reports, str) else HTMLResponse(compared(reports, lambda a, b: compare_page(a, b, store.url)))
 
     def compare_api(request: Request) -> Response:
         reports = pair(request)
-        return JSONResponse({"error": reports}, status_code=404) if isinstance(reports, str) else JSONResponse(_clean(comparison(*reports)))
+        return JSONResponse({"error": reports}, status_code=404) if isinstance(reports, str) else JSONResponse(_clean(compared(reports, comparison)))
 
     def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")

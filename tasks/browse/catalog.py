@@ -1,9 +1,13 @@
 """What a store holds, as the results site shows it, read once and kept while unchanged.
 
-Every request starts with one listing of ``runs/`` (and, for history views, of ``history/``),
-reused for :data:`LISTING_S` by the rest of the request and by requests right after it:
+Every request rests on a listing of ``runs/`` (and, for history views, of ``history/``):
 :meth:`~tasks.store.object_store.Store.versions` gives each object's version (local: mtime and
-size; S3: ETag and size) without reading it. A run's report.json is read again only when its
+size; S3: ETag and size) without reading it. Listing 1,000 runs on S3 takes ~2 s (20,000 keys, 20
+pages), so a request does not wait for it: a listing younger than :data:`LISTING_S` is used as it
+is, an older one (up to :data:`MAX_STALE_S`) while the next is made in the background, so a page
+shows the store as it was at most one listing ago; only the first request, one after a long idle
+time, or one after a background listing failed (the store's error then reaches the page) lists
+while it waits. A run's report.json is read again only when its
 version changed, a history object likewise; so the first request over a store of 1,000 runs reads
 1,000 reports, and the next ones read nothing but the listing. A rendered run page is kept per
 (report version, history versions) — the page's trend plot draws the store's history.
@@ -16,6 +20,7 @@ checked against :data:`RUN_ID` and the run's listed objects before any key is bu
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
 import time
@@ -38,7 +43,8 @@ DOWNLOADS = re.compile(r"report\.(json|csv|md)|detections/[A-Za-z0-9][A-Za-z0-9.
 READERS = 8  # report.json objects read at once on a first load
 KEPT_PAGES = 16  # rendered run pages kept (each ~0.3-1 MB with its plots)
 KEPT_REPORTS = 64  # parsed report.json dicts kept for pages, comparisons and the API
-LISTING_S = 1.0  # a listing is reused this long: the pieces of one request (and a burst) list once
+LISTING_S = 1.0  # a listing younger than this is used as it is: the pieces of one request list once
+MAX_STALE_S = 300.0  # an older one, up to this age, is used while a new one is made in the background
 
 
 def _dict(value) -> dict:
@@ -99,6 +105,13 @@ def problem_summary(run_id: str, status: str, problem: str, files: list[str]) ->
             "variants": [], "compared_with": None, "regressions": [], "failed_images": 0, "files": files}
 
 
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)  # what a report.json of the wrong shape raises
+
+
+class UnshowableReport(QuantbenchError):
+    """A run's report.json parses and has a "variants" list, but its page cannot be made from it."""
+
+
 @dataclass(frozen=True)
 class _Run:
     version: str | None  # report.json's; None when the run has none
@@ -108,8 +121,8 @@ class _Run:
 class Catalog:
     """The runs and history of one store, cached by object version; safe to share between threads."""
 
-    def __init__(self, store: Store, listing_s: float = LISTING_S):
-        self.store, self.listing_s = store, listing_s
+    def __init__(self, store: Store, listing_s: float = LISTING_S, max_stale_s: float = MAX_STALE_S):
+        self.store, self.listing_s, self.max_stale_s = store, listing_s, max_stale_s
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
         self._ordered: list[dict] = []
@@ -118,17 +131,46 @@ class Catalog:
         self._reports: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._pages: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._listings: dict[str, tuple[float, dict[str, str]]] = {}  # prefix -> (monotonic time, versions)
+        self._failures: dict[str, QuantbenchError] = {}  # prefix -> why its last background listing failed
+        self._refreshing: set[str] = set()
 
     def _versions(self, prefix: str) -> dict[str, str]:
-        """``store.versions(prefix)``, listed again once it is ``listing_s`` old."""
+        """``store.versions(prefix)``: a listing younger than ``listing_s`` as it is; an older one
+        (up to ``max_stale_s``) while a new one is made in the background; else listed now. After a
+        background listing failed, listed now, so the store's error reaches the request."""
         with self._lock:
-            listed = self._listings.get(prefix)
-        if listed is not None and time.monotonic() - listed[0] < self.listing_s:
-            return listed[1]
-        versions = self.store.versions(prefix)
+            listed, failed = self._listings.get(prefix), self._failures.pop(prefix, None)
+            age = math.inf if listed is None else time.monotonic() - listed[0]
+            start = self.listing_s <= age <= self.max_stale_s and failed is None and prefix not in self._refreshing
+            if start:
+                self._refreshing.add(prefix)
+        if listed is None or failed is not None or age > self.max_stale_s:
+            return self._list(prefix)
+        if start:
+            threading.Thread(target=self._refresh, args=(prefix,), name=f"list {prefix}", daemon=True).start()
+        return listed[1]
+
+    def _list(self, prefix: str) -> dict[str, str]:
+        """List now; on failure forget the previous listing too, so no page rests on it until one succeeds."""
+        try:
+            versions = self.store.versions(prefix)
+        except QuantbenchError:
+            with self._lock:
+                self._listings.pop(prefix, None)
+            raise
         with self._lock:
             self._listings[prefix] = (time.monotonic(), versions)
         return versions
+
+    def _refresh(self, prefix: str) -> None:
+        try:
+            self._list(prefix)
+        except QuantbenchError as error:  # kept for the next request, which lists again and says so
+            with self._lock:
+                self._failures[prefix] = error
+        finally:
+            with self._lock:
+                self._refreshing.discard(prefix)
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -155,13 +197,16 @@ class Catalog:
         return runs
 
     def _read_run(self, run_id: str, objects: dict[str, str]) -> _Run:
-        files = sorted(name for name in objects if DOWNLOADS.fullmatch(name))
+        files = sorted((name for name in objects if DOWNLOADS.fullmatch(name)), key=lambda name: (name.startswith("detections/"), name))
         version = objects.get("report.json")
         if version is None:
             return _Run(None, problem_summary(run_id, "incomplete", INCOMPLETE, files))
         try:
             report = parse_report(self.store, run_id, self.store.read_bytes(f"{RUNS}/{run_id}/report.json"))
             return _Run(version, run_summary(run_id, report, files))
+        except MALFORMED as error:
+            return _Run(version, problem_summary(run_id, "unreadable", f"unreadable report.json: not a quantbench report ({error!r})",
+                                                 files))
         except TransientError:
             raise  # the store is out: not a property of this run, and nothing is cached
         except QuantbenchError as error:
@@ -238,7 +283,8 @@ class Catalog:
 
     def run_page(self, run_id: str) -> str | None:
         """The run's report page, rendered from its report.json and the store's history exactly as the
-        run rendered its report.html (that stored file is never read); None when there is no such run."""
+        run rendered its report.html (that stored file is never read); None when there is no such run;
+        :class:`UnshowableReport` when the report has the wrong shape for it."""
         report = self.report(run_id)
         if report is None:
             return None
@@ -248,7 +294,10 @@ class Catalog:
             if key in self._pages:
                 self._pages.move_to_end(key)
                 return self._pages[key]
-        page = render_html(report, render_plots(report, history))
+        try:
+            page = render_html(report, render_plots(report, history))
+        except MALFORMED as error:
+            raise UnshowableReport(f"report.json of run {run_id} is not a quantbench report the page can show ({error!r})") from None
         with self._lock:
             self._pages[key] = page
             while len(self._pages) > KEPT_PAGES:
