@@ -14,8 +14,7 @@ The same store is uploaded to a SeaweedFS S3 server on 127.0.0.1 (``weed mini``,
 For each store: ``quantbench serve`` is started as a user starts it, then each page is fetched over
 HTTP: the first load (nothing cached: every report.json, or every history object, read) and then
 ``--rounds`` loads (median and max), each more than ``LISTING_S`` after the previous one, so that
-each starts a new listing of the store in the background and is served from the one before
-(``tasks.browse.catalog``): ``/`` (all runs, newest first), ``/api/runs``, one run's page
+each lists the store's run folders and history objects again (``tasks.browse.catalog``): ``/`` (all runs, newest first), ``/api/runs``, one run's page
 (first: rendered with its plots; then from the page cache), the model's nightly view (every run of
 the model location), and two runs compared. Prints a markdown table and writes it, with the machine
 and the load average, to ``bench/results/serve.md``.
@@ -108,7 +107,7 @@ def measure(base: str, reports: list[dict], rounds: int) -> list[tuple[str, floa
         first, size = timed(base + path)
         again = []
         for _ in range(rounds):
-            time.sleep(LISTING_S + 0.2)  # each load starts a new listing of the store
+            time.sleep(LISTING_S + 0.2)  # each load lists the store again
             again.append(timed(base + path)[0])
         rows.append((name, first, statistics.median(again), max(again), size))
     return rows

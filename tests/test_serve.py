@@ -202,10 +202,22 @@ class CountingStore(LocalStore):
         return super().read_bytes(key)
 
 
+class ListingStore(CountingStore):
+    """A local store that also counts its full listings of the runs."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.full_listings = 0
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        self.full_listings += prefix == "runs"
+        return super().versions(prefix)
+
+
 def test_the_catalog_reads_each_report_once_and_again_only_when_it_changes(nightly_runs, tmp_path):
     runs, source = nightly_runs
     store = CountingStore(_copy(source, tmp_path))
-    catalog = Catalog(store, listing_s=0, max_stale_s=0)  # every call lists the store again, and waits for it
+    catalog = Catalog(store, listing_s=0, max_stale_s=0)  # every call lists; the full listing is redone in the background
     assert len(catalog.runs()) == 3 and sorted(store.reads) == sorted(f"runs/{r['run_id']}/report.json" for _, r in runs)
     assert len(catalog.history()) == 12 and len(store.reads) == 6
     store.reads.clear()
@@ -214,8 +226,27 @@ def test_the_catalog_reads_each_report_once_and_again_only_when_it_changes(night
     changed = runs[1][1]["run_id"]
     report = store.root / "runs" / changed / "report.json"
     report.write_text(report.read_text().replace('"compared_with": "', '"compared_with": "x'))
-    assert [r["compared_with"] for r in catalog.runs() if r["run_id"] == changed][0].startswith("x")
-    assert store.reads == [f"runs/{changed}/report.json"]
+    seen = _first(lambda: [r["compared_with"] for r in catalog.runs() if r["run_id"] == changed][0], lambda v: v.startswith("x"), 20)
+    assert seen.startswith("x") and store.reads == [f"runs/{changed}/report.json"]
+
+
+def test_every_object_is_listed_again_only_when_a_run_appears_or_completes(nightly_runs, tmp_path):
+    runs, source = nightly_runs
+    store = ListingStore(_copy(source, tmp_path))
+    catalog = Catalog(store, listing_s=0)  # run folders and history listed at every call
+    catalog.runs()
+    catalog.runs()
+    assert store.full_listings == 1
+    running = "20991231T000000Z-running-0000"
+    (store.root / "runs" / running / "detections").mkdir(parents=True)
+    (store.root / "runs" / running / "detections" / "int8.json").write_text("[]")
+    assert {r["run_id"]: r["status"] for r in catalog.runs()}[running] == "incomplete" and store.full_listings == 2
+    shutil.copy(source / "runs" / runs[0][1]["run_id"] / "report.json", store.root / "runs" / running / "report.json")
+    (store.root / "runs" / running / "report.json").write_text(
+        (store.root / "runs" / running / "report.json").read_text().replace(runs[0][1]["run_id"], running))
+    assert {r["run_id"]: r["status"] for r in catalog.runs()}[running] == "incomplete"  # no history object yet: not published
+    shutil.copy(source / "history" / f"{runs[0][1]['run_id']}.parquet", store.root / "history" / f"{running}.parquet")
+    assert {r["run_id"]: r["status"] for r in catalog.runs()}[running] == "complete" and store.full_listings == 3
 
 
 def _serve_exit(store: str, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:

@@ -1,13 +1,11 @@
 """What a store holds, as the results site shows it, read once and kept while unchanged.
 
-Every request rests on a listing of ``runs/`` (and, for history views, of ``history/``):
-:meth:`~tasks.store.object_store.Store.versions` gives each object's version (local: mtime and
-size; S3: ETag and size) without reading it. Listing 1,000 runs on S3 takes ~2 s (20,000 keys, 20
-pages), so a request does not wait for it: a listing younger than :data:`LISTING_S` is used as it
-is, an older one (up to :data:`MAX_STALE_S`) while the next is made in the background, so a page
-shows the store as it was at most one listing ago; only the first request, one after a long idle
-time, or one after a background listing failed (the store's error then reaches the page) lists
-while it waits. A run's report.json is read again only when its
+Every request rests on a listing of the store: :meth:`~tasks.store.object_store.Store.versions`
+gives each object's version (local: mtime and size; S3: ETag and size) without reading it, and
+:meth:`~tasks.store.object_store.Store.folders` the run folders. Every object of 1,000 runs is
+~21,000 keys (22 pages, ~1.7 s on S3), so a request lists only the run folders and the history
+objects (two calls) and lists every object again only when those changed (:meth:`Catalog._run_listing`).
+A run's report.json is read again only when its
 version changed, a history object likewise; so the first request over a store of 1,000 runs reads
 1,000 reports, and the next ones read nothing but the listing. A rendered run page is kept per
 (report version, history versions) — the page's trend plot draws the store's history.
@@ -20,7 +18,6 @@ checked against :data:`RUN_ID` and the run's listed objects before any key is bu
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import threading
 import time
@@ -44,7 +41,7 @@ READERS = 8  # report.json objects read at once on a first load
 KEPT_PAGES = 16  # rendered run pages kept (each ~0.3-1 MB with its plots)
 KEPT_REPORTS = 64  # parsed report.json dicts kept for pages, comparisons and the API
 LISTING_S = 1.0  # a listing younger than this is used as it is: the pieces of one request list once
-MAX_STALE_S = 300.0  # an older one, up to this age, is used while a new one is made in the background
+MAX_STALE_S = 300.0  # the full listing of the runs, unchanged in its marker, is redone in the background after this
 
 
 def _dict(value) -> dict:
@@ -130,47 +127,33 @@ class Catalog:
         self._history: tuple[str, pd.DataFrame] = ("", history_frame([]))
         self._reports: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._pages: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-        self._listings: dict[str, tuple[float, dict[str, str]]] = {}  # prefix -> (monotonic time, versions)
-        self._failures: dict[str, QuantbenchError] = {}  # prefix -> why its last background listing failed
-        self._refreshing: set[str] = set()
+        self._listings: dict[str, tuple[float, object]] = {}  # what was listed -> (monotonic time, the listing)
+        self._full: tuple[tuple, float, dict[str, dict[str, str]]] | None = None  # (marker, monotonic time, run listing)
+        self._full_failure: QuantbenchError | None = None  # why the last background run listing failed
+        self._full_refreshing = False
 
     def _versions(self, prefix: str) -> dict[str, str]:
-        """``store.versions(prefix)``: a listing younger than ``listing_s`` as it is; an older one
-        (up to ``max_stale_s``) while a new one is made in the background; else listed now. After a
-        background listing failed, listed now, so the store's error reaches the request."""
-        with self._lock:
-            listed, failed = self._listings.get(prefix), self._failures.pop(prefix, None)
-            age = math.inf if listed is None else time.monotonic() - listed[0]
-            start = self.listing_s <= age <= self.max_stale_s and failed is None and prefix not in self._refreshing
-            if start:
-                self._refreshing.add(prefix)
-        if listed is None or failed is not None or age > self.max_stale_s:
-            return self._list(prefix)
-        if start:
-            threading.Thread(target=self._refresh, args=(prefix,), name=f"list {prefix}", daemon=True).start()
-        return listed[1]
+        """``store.versions(prefix)``, reused for ``listing_s`` (the pieces of one request list once)."""
+        return self._listed(f"versions {prefix}", lambda: self.store.versions(prefix))
 
-    def _list(self, prefix: str) -> dict[str, str]:
-        """List now; on failure forget the previous listing too, so no page rests on it until one succeeds."""
+    def _folders(self, prefix: str) -> list[str]:
+        """``store.folders(prefix)``, reused for ``listing_s``."""
+        return self._listed(f"folders {prefix}", lambda: self.store.folders(prefix))
+
+    def _listed(self, name: str, listing):
+        with self._lock:
+            listed = self._listings.get(name)
+        if listed is not None and time.monotonic() - listed[0] < self.listing_s:
+            return listed[1]
         try:
-            versions = self.store.versions(prefix)
-        except QuantbenchError:
+            value = listing()
+        except QuantbenchError:  # no page rests on a listing from before the failure
             with self._lock:
-                self._listings.pop(prefix, None)
+                self._listings.pop(name, None)
             raise
         with self._lock:
-            self._listings[prefix] = (time.monotonic(), versions)
-        return versions
-
-    def _refresh(self, prefix: str) -> None:
-        try:
-            self._list(prefix)
-        except QuantbenchError as error:  # kept for the next request, which lists again and says so
-            with self._lock:
-                self._failures[prefix] = error
-        finally:
-            with self._lock:
-                self._refreshing.discard(prefix)
+            self._listings[name] = (time.monotonic(), value)
+        return value
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -188,13 +171,53 @@ class Catalog:
             return self._ordered
 
     def _run_listing(self) -> dict[str, dict[str, str]]:
-        """run id -> {name inside the run folder: version}, for folders whose id is a valid run id."""
+        """run id -> {name inside the run folder: version}, for folders whose id is a valid run id.
+
+        Listing every object of 1,000 runs is ~21,000 keys (~1.7 s on S3), so it is redone only when
+        the store's runs changed: its *marker* — the run folders (one delimiter listing) and the
+        history objects' versions (one listing; a run's history object is the last thing it writes)
+        — differs from the one the kept listing was made under; a new run, or one that completed,
+        is listed before the page is made. Without such a change the kept listing is used, and
+        listed again in the background once it is ``max_stale_s`` old (a report.json replaced in
+        place). After that background listing failed, the next request lists itself."""
+        marker = (tuple(self._folders(RUNS)), tuple(sorted(self._versions(HISTORY).items())))
+        with self._lock:
+            kept, failed = self._full, self._full_failure
+            self._full_failure = None
+            start = (kept is not None and kept[0] == marker and failed is None and not self._full_refreshing
+                     and time.monotonic() - kept[1] > self.max_stale_s)
+            self._full_refreshing |= start
+        if kept is None or kept[0] != marker or failed is not None:
+            return self._list_runs(marker)
+        if start:
+            threading.Thread(target=self._refresh_runs, args=(marker,), name="list runs", daemon=True).start()
+        return kept[2]
+
+    def _list_runs(self, marker: tuple) -> dict[str, dict[str, str]]:
         runs: dict[str, dict[str, str]] = {}
-        for key, version in self._versions(RUNS).items():
+        try:
+            versions = self.store.versions(RUNS)
+        except QuantbenchError:
+            with self._lock:
+                self._full = None
+            raise
+        for key, version in versions.items():
             parts = key.split("/", 2)
             if len(parts) == 3 and RUN_ID.fullmatch(parts[1]):
                 runs.setdefault(parts[1], {})[parts[2]] = version
+        with self._lock:
+            self._full = (marker, time.monotonic(), runs)
         return runs
+
+    def _refresh_runs(self, marker: tuple) -> None:
+        try:
+            self._list_runs(marker)
+        except QuantbenchError as error:  # kept for the next request, which lists itself and says so
+            with self._lock:
+                self._full_failure = error
+        finally:
+            with self._lock:
+                self._full_refreshing = False
 
     def _read_run(self, run_id: str, objects: dict[str, str]) -> _Run:
         files = sorted((name for name in objects if DOWNLOADS.fullmatch(name)), key=lambda name: (name.startswith("detections/"), name))

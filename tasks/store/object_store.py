@@ -105,6 +105,11 @@ class Store(ABC):
         ``<ETag>-<size>``. For caches of what was read from the store."""
 
     @abstractmethod
+    def folders(self, prefix: str = "") -> list[str]:
+        """Names of the folder-like prefixes directly under ``prefix`` (``runs`` -> run ids), sorted:
+        one listing call per 1,000 names on S3 (a delimiter listing), whatever each holds."""
+
+    @abstractmethod
     def check_readable(self) -> None:
         """Fail fast, with one line (QuantbenchError), unless the store exists and can be listed."""
 
@@ -206,6 +211,13 @@ class LocalStore(Store):
                         stat = entry.stat(follow_symlinks=False)
                         found[Path(entry.path).relative_to(self.root).as_posix()] = f"{stat.st_mtime_ns}-{stat.st_size}"
         return found
+
+    def folders(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        with os.scandir(base) as entries:  # symbolic links are not followed
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
 
     def check_readable(self) -> None:
         if not self.root.is_dir():
@@ -336,6 +348,19 @@ class S3Store(Store):
 
     def versions(self, prefix: str = "") -> dict[str, str]:
         return {item["Key"]: f"{item['ETag'].strip(chr(34))}-{item['Size']}" for item in self._listing(prefix)}
+
+    def folders(self, prefix: str = "") -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        folder = self._key(prefix.strip("/")).rstrip("/")
+        folder = f"{folder}/" if folder else ""
+        names = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder, Delimiter="/"):
+                names += [item["Prefix"][len(folder):].rstrip("/") for item in page.get("CommonPrefixes", [])]
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(prefix, error) from None
+        return sorted(name for name in names if name and not name.startswith("."))
 
     def check_readable(self) -> None:
         """``head_bucket`` and one listing call, through the quick-failing client."""
