@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from tasks.browse.catalog import MALFORMED, Catalog, UnshowableReport
-from tasks.browse.pages import compare_page, comparison, matches, message_page, model_page, runs_page, with_navigation
+from tasks.browse.pages import compare_page, comparison, matches, message_page, model_page, model_rows, runs_page, with_navigation
 from tasks.store.errors import QuantbenchError
 from tasks.store.object_store import Store
 
@@ -172,11 +172,9 @@ def create_app(store: Store, token: str | None = None) -> Starlette:
             return not_found(f"{digest!r} is not a model digest (hex)")
         history = catalog.history()
         if api:
-            rows = history[history["model_digest"].str.startswith(digest.lower(), na=False)]
-            sources = set(rows["model_source"].dropna())
-            rows = history[history["model_source"].isin(sources)] if sources else rows
+            sources, rows = model_rows(history, digest)
             records = json.loads(rows.to_json(orient="records", date_format="iso"))
-            return JSONResponse({"model_digest": digest, "model_sources": sorted(sources), "rows": records},
+            return JSONResponse({"model_digest": digest, "model_sources": sources, "rows": records},
                                 status_code=200 if records else 404)
         summaries = {r["run_id"]: r for r in catalog.runs()}
         html = model_page(digest, history, summaries, store.url, catalog.history_problems())

@@ -227,15 +227,21 @@ def _nightly_table(records: list[dict], runs: pd.DataFrame, summaries: dict[str,
             "</tr></thead><tbody>" + "".join(reversed(body)) + "</tbody></table>")
 
 
+def model_rows(history: pd.DataFrame, digest: str) -> tuple[list[str], pd.DataFrame]:
+    """(model locations, their history rows): every location that ever held a model whose digest
+    starts with ``digest``, and all of its runs (a nightly re-exports its checkpoint into one place)."""
+    own = history[history["model_digest"].str.startswith(digest.lower(), na=False)]
+    sources = sorted(set(own["model_source"].dropna()))
+    return sources, history[history["model_source"].isin(sources)] if sources else own
+
+
 def model_page(digest: str, history: pd.DataFrame, summaries: dict[str, dict], store_url: str, problems: list[str]) -> str | None:
     """``/models/<digest>``: every run of the model location(s) that ever held a model with this digest
     (prefix), per dataset, over time; None when no history row has that digest. ``problems``: the
     history objects that could not be read, one line each."""
-    own = history[history["model_digest"].str.startswith(digest.lower(), na=False)]
-    if own.empty:
+    sources, rows = model_rows(history, digest)
+    if rows.empty:
         return None
-    sources = sorted(set(own["model_source"].dropna()))
-    rows = history[history["model_source"].isin(sources)] if sources else own
     sections = []
     for dataset, group in sorted(rows.groupby("dataset_digest", sort=False), key=lambda item: -item[1]["created"].max().timestamp()):
         count = group["run_id"].nunique()

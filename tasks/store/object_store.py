@@ -362,38 +362,37 @@ class S3Store(Store):
             raise self._error(prefix, error) from None
         return sorted(name for name in names if name and not name.startswith("."))
 
-    def check_readable(self) -> None:
-        """``head_bucket`` and one listing call, through the quick-failing client."""
+    @contextlib.contextmanager
+    def _up_front(self, key: str, fix: str):
+        """An up-front check's S3 errors as one QuantbenchError line (never TransientError): a missing
+        bucket (with ``fix``), access denied, an unreachable endpoint."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._probe.head_bucket(Bucket=self.bucket)
-            self._probe.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+            yield
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket", "NotFound"):
-                raise QuantbenchError(f"bucket does not exist: s3://{self.bucket} (fix --store {self.url})") from None
-            raise QuantbenchError(str(self._error("", error)).removesuffix(" (will retry)")) from None
+                raise QuantbenchError(f"bucket does not exist: s3://{self.bucket} ({fix})") from None
+            raise QuantbenchError(str(self._error(key, error)).removesuffix(" (will retry)")) from None
         except BotoCoreError as error:
             raise QuantbenchError(f"cannot reach S3 at {self.client.meta.endpoint_url} for {self.url}: {type(error).__name__} "
                                   "(check AWS_ENDPOINT_URL and the network)") from None
+
+    def check_readable(self) -> None:
+        """``head_bucket`` and one listing call, through the quick-failing client."""
+        with self._up_front("", f"fix --store {self.url}"):
+            self._probe.head_bucket(Bucket=self.bucket)
+            self._probe.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
 
     def check_writable(self) -> None:
         """``head_bucket`` (a missing bucket fails even where a PUT would create it), then a probe write."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         probe = self._key(".quantbench-write-check")
-        try:
+        with self._up_front(".quantbench-write-check", f"create it, or fix --store {self.url}"):
             self._probe.head_bucket(Bucket=self.bucket)
             self._probe.put_object(Bucket=self.bucket, Key=probe, Body=secrets.token_hex(8).encode())
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise QuantbenchError(f"bucket does not exist: s3://{self.bucket} (create it, or fix --store {self.url})") from None
-            raise QuantbenchError(str(self._error(".quantbench-write-check", error)).removesuffix(" (will retry)")) from None
-        except BotoCoreError as error:
-            raise QuantbenchError(f"cannot reach S3 at {self.client.meta.endpoint_url} for {self.url}: {type(error).__name__} "
-                                  "(check AWS_ENDPOINT_URL and the network)") from None
         with contextlib.suppress(BotoCoreError, ClientError):  # a write-only policy may forbid deleting
             self._probe.delete_object(Bucket=self.bucket, Key=probe)
 
